@@ -1,0 +1,83 @@
+/* loop_int.h - what the loop core and its backends share (private).
+ *
+ * A backend is one file exporting one `const struct iop_backend`.  It only
+ * translates: the core tells it which interest an fd should have (mod), and
+ * it tells the core which fds are ready (iop__dispatch) from poll().  Its
+ * private state lives in loop->backend_data.
+ */
+#ifndef IOP_LOOP_INT_H
+#define IOP_LOOP_INT_H
+
+#include <signal.h>
+#include <stdint.h>
+
+#include "ioplex/loop.h"
+
+struct iop_backend {
+    const char *name;
+    unsigned caps; /* IOP_CAP_* */
+    /* 0 or -errno; fills loop->backend_data. */
+    int (*init)(iop_loop *loop);
+    void (*fini)(iop_loop *loop);
+    /* Make the kernel's interest in fd match newev (IOP_READ|IOP_WRITE,
+     * maybe IOP_EDGE); oldev is what it was (0: not registered).  gen
+     * identifies this watcher of fd so that stale reports can be dropped. */
+    int (*mod)(iop_loop *loop, int fd, uint32_t gen, unsigned oldev, unsigned newev);
+    /* Wait at most timeout_ms (-1: forever, 0: not at all) and report ready
+     * fds with iop__dispatch().  Returns 0 or -errno (EINTR is not an error). */
+    int (*poll)(iop_loop *loop, int timeout_ms);
+};
+
+extern const struct iop_backend iop__backend_select;
+extern const struct iop_backend iop__backend_poll;
+extern const struct iop_backend iop__backend_epoll;
+extern const struct iop_backend iop__backend_uring;
+
+struct iop_loop {
+    const struct iop_backend *be;
+    void *backend_data;
+    unsigned flags;
+    int running;
+    atomic_int stop;
+    uint64_t now;
+    size_t nactive; /* handles and ops that keep iop_loop_run() going */
+
+    iop_io **fds; /* watcher per fd, NULL when none */
+    int nfds;     /* capacity of fds */
+    uint32_t next_gen;
+
+    iop_timer **heap; /* min-heap on (due, seq) */
+    size_t nheap, heapcap;
+    uint64_t timer_seq;
+
+    iop_defer *defer_head, *defer_tail;
+
+    /* The loop's own wakeup: an eventfd watched like any fd.  Async sends
+     * and signal handlers write it; reading it runs both. */
+    int wakefd;
+    iop_io wake;
+    atomic_int wake_pending; /* a write is on its way: skip further writes */
+    iop_async *asyncs;
+    iop_async *async_next; /* walk cursor, fixed up if that one stops */
+    iop_signal *signals;
+    iop_signal *signal_next; /* walk cursor, fixed up if that one stops */
+    uint64_t sig_owned;      /* bit n-1: this loop owns signal n */
+};
+
+/* Called by backends for each ready fd.  Drops the report if the watcher
+ * was stopped or replaced (gen differs), and limits it to current interest. */
+void iop__dispatch(iop_loop *loop, int fd, uint32_t gen, unsigned revents);
+
+/* Write the wakeup eventfd (any thread, async-signal-safe). */
+void iop__wake(iop_loop *loop);
+
+/* Signals (signal.c): install/restore handlers, run pending callbacks. */
+int iop__signal_own(iop_loop *loop, int signum);
+void iop__signal_disown(iop_loop *loop, int signum);
+void iop__signal_run(iop_loop *loop);
+void iop__signal_free(iop_loop *loop);
+
+/* uring.c: flush queued submissions before the loop goes away. */
+int iop__uring_is(const iop_loop *loop);
+
+#endif
