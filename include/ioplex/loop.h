@@ -311,6 +311,11 @@ int iop_op_recvmsg(iop_loop *loop, iop_op *op, int fd, struct msghdr *msg, int f
 int iop_op_splice(iop_loop *loop, iop_op *op, int fd_in, int64_t off_in, int fd_out,
                   int64_t off_out, size_t len, unsigned opflags, iop_op_cb cb);
 
+/* One-shot readiness of fd (POLLIN/POLLOUT bits); res is the revents mask.
+ * For the rare op that a socket cannot finish without waiting (a splice into
+ * a full socket answers -EAGAIN). */
+int iop_op_poll(iop_loop *loop, iop_op *op, int fd, unsigned pollmask, iop_op_cb cb);
+
 /* close(fd) done by the kernel. */
 int iop_op_close(iop_loop *loop, iop_op *op, int fd, iop_op_cb cb);
 

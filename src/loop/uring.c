@@ -479,6 +479,17 @@ int iop_op_splice(iop_loop *l, iop_op *op, int fd_in, int64_t off_in, int fd_out
     return 0;
 }
 
+int iop_op_poll(iop_loop *l, iop_op *op, int fd, unsigned pollmask, iop_op_cb cb)
+{
+    struct io_uring_sqe *sqe;
+    int rc = op_begin(l, op, cb, 1, &sqe);
+    if (rc < 0)
+        return rc;
+    io_uring_prep_poll_add(sqe, fd, pollmask);
+    io_uring_sqe_set_data(sqe, op);
+    return 0;
+}
+
 int iop_op_close(iop_loop *l, iop_op *op, int fd, iop_op_cb cb)
 {
     struct io_uring_sqe *sqe;

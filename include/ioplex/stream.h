@@ -1,0 +1,125 @@
+/* ioplex/stream.h - connections: completion-style reads and writes on any
+ * backend.
+ *
+ * A stream wraps one connected socket (TCP or Unix).  The caller is told
+ * what happened, not what might happen: "these bytes arrived", "the peer
+ * closed", "your queue has drained".  How the bytes move is the backend's
+ * business:
+ *   - readiness backends (select, poll, epoll LT/ET) read into one buffer per
+ *     context when the fd is readable (edge: until EAGAIN) and try every
+ *     write at once, queueing only what the kernel would not take;
+ *   - io_uring reads with a multishot recv into a ring of provided buffers
+ *     that the kernel fills, and writes with sendmsg requests, sendfile with
+ *     linked splices; every request of an iteration is one system call.
+ *
+ * Streams are made from a context (iop_stream_ctx): the callbacks and limits
+ * that many connections share (all connections of a listener, typically),
+ * plus the per-loop resources (read buffer, buffer ring, idle clock).  Keeping
+ * them out of each stream is what makes an idle connection cost ~100 bytes.
+ *
+ * Memory: the library allocates streams and frees them after on_close.
+ * Bytes passed to iop_stream_write() are copied: the caller's buffer is free
+ * again when the call returns.  A read buffer is lent to on_read until it
+ * returns.
+ *
+ * Threads: a stream and its context belong to their loop's thread.
+ * SIGPIPE: writes use MSG_NOSIGNAL; a vanished peer is an error code.
+ */
+#ifndef IOPLEX_STREAM_H
+#define IOPLEX_STREAM_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#include "ioplex/loop.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct iop_stream iop_stream;
+typedef struct iop_stream_ctx iop_stream_ctx;
+
+/* nread > 0: buf holds nread bytes, lent until the callback returns.
+ * nread == 0: the peer shut down its side (EOF); writing may go on.
+ * nread < 0: the stream failed (-ECONNRESET, -EPIPE, -ETIMEDOUT when idle
+ * too long, ...); reading and writing have stopped and the caller should
+ * iop_stream_close() it (if it does not, the stream closes itself when the
+ * callback returns).  Errors of writes arrive here too. */
+typedef void (*iop_stream_read_cb)(iop_stream *s, ssize_t nread, const char *buf);
+typedef void (*iop_stream_cb)(iop_stream *s);
+
+struct iop_stream_config {
+    iop_stream_read_cb on_read; /* required */
+    /* The write queue fell to low_water after a write reported "full". */
+    iop_stream_cb on_drain;
+    /* The stream is gone: fd closed, every request finished.  Last callback;
+     * free what data points to here. */
+    iop_stream_cb on_close;
+    size_t high_water;        /* 0: 1 MiB */
+    size_t low_water;         /* 0: high_water / 4 */
+    unsigned idle_timeout_ms; /* no bytes in or out that long: -ETIMEDOUT; 0 = never */
+    unsigned read_size;       /* bytes per read buffer; 0: 64 KiB (uring: 16 KiB) */
+    unsigned ring_buffers;    /* uring: buffers in the shared ring; 0: 512 */
+};
+
+/* A context for streams on loop.  cfg is copied.  -EINVAL without on_read. */
+int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_stream_ctx **out);
+/* Free a context: -EBUSY while it has streams (closed ones count until their
+ * on_close has run). */
+int iop_stream_ctx_free(iop_stream_ctx *ctx);
+iop_loop *iop_stream_ctx_loop(const iop_stream_ctx *ctx);
+size_t iop_stream_ctx_count(const iop_stream_ctx *ctx);
+
+/* Wrap a connected socket.  The stream owns fd from here on (it closes it,
+ * also when this call fails) and makes it non-blocking.  Reading does not
+ * start until iop_stream_read_start(). */
+int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out);
+
+void iop_stream_set_data(iop_stream *s, void *data);
+void *iop_stream_data(const iop_stream *s);
+int iop_stream_fd(const iop_stream *s);
+iop_loop *iop_stream_loop(const iop_stream *s);
+
+/* Start/stop calling on_read.  Stopping inside on_read takes effect at once
+ * (no further call for bytes already received; they stay queued in the
+ * kernel or, on uring, in the stream until reading starts again). */
+int iop_stream_read_start(iop_stream *s);
+int iop_stream_read_stop(iop_stream *s);
+
+/* Queue bytes (copied) after everything queued before.  Returns 0, or 1
+ * when the queue now holds more than high_water bytes ("full": stop
+ * producing until on_drain), or -EPIPE after shutdown or close or a failed
+ * stream, -ENOMEM.  The queue is sent in order, coalesced into writev /
+ * sendmsg calls. */
+int iop_stream_write(iop_stream *s, const void *buf, size_t len);
+int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
+
+/* Queue len bytes of file_fd from offset, in order with the writes, sent by
+ * sendfile(2) (readiness) or splice (uring): never copied through user
+ * space.  With IOP_SENDFILE_CLOSE the stream closes file_fd when it is done
+ * with it (sent, failed or stream closed); otherwise the caller must keep it
+ * open until then (on_drain / on_close).  Return as iop_stream_write. */
+#define IOP_SENDFILE_CLOSE 0x01u
+int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags);
+
+/* Bytes queued and not yet accepted by the kernel (files count their
+ * remaining length). */
+size_t iop_stream_queued(const iop_stream *s);
+
+/* Shut down the write side (FIN) once the queue has drained.  Further
+ * writes fail with -EPIPE; reading goes on. */
+int iop_stream_shutdown(iop_stream *s);
+
+/* Close: stop reading, drop the queue, close the fd; on_close runs later
+ * (never inside this call).  Safe inside any callback of the stream; a
+ * second call is a no-op.  For a graceful end, shutdown then close on EOF. */
+void iop_stream_close(iop_stream *s);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

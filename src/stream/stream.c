@@ -1,0 +1,515 @@
+/* stream.c - contexts, the write queue, the idle clock, deferred work and
+ * closing; the IO itself is ready.c's or complete.c's. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "stream/stream_int.h"
+
+#define CHUNK_MIN 16384u
+
+/* ---- context ----------------------------------------------------------- */
+
+static void idle_tick(iop_timer *t);
+static void pending_run(iop_defer *d);
+
+int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_stream_ctx **out)
+{
+    if (!loop || !cfg || !cfg->on_read || !out)
+        return -EINVAL;
+    iop_stream_ctx *ctx = calloc(1, sizeof *ctx);
+    if (!ctx)
+        return -ENOMEM;
+    ctx->loop = loop;
+    ctx->cfg = *cfg;
+    ctx->completion = (iop_loop_caps(loop) & IOP_CAP_COMPLETION) != 0;
+    if (!ctx->cfg.high_water)
+        ctx->cfg.high_water = 1u << 20;
+    if (!ctx->cfg.low_water || ctx->cfg.low_water > ctx->cfg.high_water)
+        ctx->cfg.low_water = ctx->cfg.high_water / 4;
+    if (!ctx->cfg.read_size)
+        ctx->cfg.read_size = ctx->completion ? 16384u : 65536u;
+    if (!ctx->cfg.ring_buffers)
+        ctx->cfg.ring_buffers = 512;
+    iop_timer_init(&ctx->idle_timer, idle_tick);
+    ctx->idle_timer.data = ctx;
+    ctx->defer.data = ctx;
+    *out = ctx;
+    return 0;
+}
+
+int iop_stream_ctx_free(iop_stream_ctx *ctx)
+{
+    if (!ctx)
+        return 0;
+    if (ctx->count)
+        return -EBUSY;
+    iop_timer_stop(&ctx->idle_timer);
+    iop_defer_cancel(&ctx->defer);
+    iop_bufring_free(ctx->ring);
+    free(ctx->rbuf);
+    free(ctx);
+    return 0;
+}
+
+iop_loop *iop_stream_ctx_loop(const iop_stream_ctx *ctx)
+{
+    return ctx->loop;
+}
+
+size_t iop_stream_ctx_count(const iop_stream_ctx *ctx)
+{
+    return ctx->count;
+}
+
+/* ---- idle clock ---------------------------------------------------------
+ * One list per context in order of last activity and one timer: touching
+ * a stream moves it to the tail, the timer looks at the head.  O(1) per
+ * event and no timer per connection. */
+
+static void idle_unlink(iop_stream *s)
+{
+    iop_stream_ctx *ctx = s->ctx;
+    if (!s->idle_prev && ctx->idle_head != s)
+        return;
+    if (s->idle_prev)
+        s->idle_prev->idle_next = s->idle_next;
+    else
+        ctx->idle_head = s->idle_next;
+    if (s->idle_next)
+        s->idle_next->idle_prev = s->idle_prev;
+    else
+        ctx->idle_tail = s->idle_prev;
+    s->idle_prev = s->idle_next = NULL;
+}
+
+void iop__stream_touch(iop_stream *s)
+{
+    iop_stream_ctx *ctx = s->ctx;
+    if (!ctx->cfg.idle_timeout_ms)
+        return;
+    s->last_active = (uint32_t)iop_loop_now(ctx->loop);
+    if (ctx->idle_tail == s)
+        return;
+    idle_unlink(s);
+    s->idle_prev = ctx->idle_tail;
+    if (ctx->idle_tail)
+        ctx->idle_tail->idle_next = s;
+    else
+        ctx->idle_head = s;
+    ctx->idle_tail = s;
+}
+
+static void idle_tick(iop_timer *t)
+{
+    iop_stream_ctx *ctx = t->data;
+    uint32_t now = (uint32_t)iop_loop_now(ctx->loop);
+    iop_stream *s;
+    while ((s = ctx->idle_head) && now - s->last_active >= ctx->cfg.idle_timeout_ms) {
+        idle_unlink(s); /* so that a failing stream cannot stay at the head */
+        iop__stream_fail(s, -ETIMEDOUT);
+    }
+    if (!ctx->count)
+        iop_timer_stop(t);
+}
+
+static void idle_start(iop_stream_ctx *ctx)
+{
+    unsigned ms = ctx->cfg.idle_timeout_ms;
+    if (!ms || iop_timer_active(&ctx->idle_timer))
+        return;
+    unsigned period = ms / 4 < 1000 ? ms / 4 : 1000;
+    (void)iop_timer_start(ctx->loop, &ctx->idle_timer, period ? period : 1, period ? period : 1);
+}
+
+/* ---- deferred work ------------------------------------------------------
+ * Work that must not run inside the caller's call (on_close after close,
+ * an error found inside write) or that batches better before the loop
+ * waits (a flush of several writes) goes through one defer per context. */
+
+void iop__stream_pend(iop_stream *s)
+{
+    if (s->flags & SF_PENDING)
+        return;
+    s->flags |= SF_PENDING;
+    s->pend_next = s->ctx->pending;
+    s->ctx->pending = s;
+    (void)iop_defer_start(s->ctx->loop, &s->ctx->defer, pending_run);
+}
+
+static void stream_free(iop_stream *s)
+{
+    iop_stream_ctx *ctx = s->ctx;
+    ctx->count--;
+    if (ctx->cfg.on_close)
+        ctx->cfg.on_close(s);
+    free(s);
+    if (!ctx->count)
+        iop_timer_stop(&ctx->idle_timer);
+}
+
+static void pending_one(iop_stream *s)
+{
+    if (s->flags & SF_DONE) {
+        stream_free(s);
+        return;
+    }
+    if ((s->flags & (SF_FAILED | SF_ERR_TOLD | SF_CLOSING)) == SF_FAILED) {
+        iop__stream_deliver(s, s->err, NULL);
+        return;
+    }
+    if (s->flags & SF_CLOSING)
+        return;
+    if (s->ctx->completion)
+        iop__comp_pending(s);
+    else
+        iop__ready_pending(s);
+}
+
+static void pending_run(iop_defer *d)
+{
+    iop_stream_ctx *ctx = d->data;
+    iop_stream *list = ctx->pending;
+    ctx->pending = NULL;
+    while (list) {
+        iop_stream *s = list;
+        list = s->pend_next;
+        s->flags &= (uint16_t)~SF_PENDING;
+        pending_one(s);
+    }
+}
+
+/* ---- streams ----------------------------------------------------------- */
+
+int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || (!(fl & O_NONBLOCK) && fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0)) {
+        int rc = -errno;
+        close(fd);
+        return rc;
+    }
+    /* A readiness stream never touches the completion members: allocating
+     * only up to its io watcher keeps an idle connection small. */
+    size_t size = ctx->completion ? sizeof(iop_stream)
+                                  : offsetof(iop_stream, u) + sizeof(((iop_stream *)0)->u.io);
+    iop_stream *s = calloc(1, size);
+    if (!s) {
+        close(fd);
+        return -ENOMEM;
+    }
+    s->ctx = ctx;
+    s->fd = fd;
+    int rc = ctx->completion ? 0 : iop__ready_open(s);
+    if (rc < 0) {
+        close(fd);
+        free(s);
+        return rc;
+    }
+    ctx->count++;
+    idle_start(ctx);
+    iop__stream_touch(s);
+    *out = s;
+    return 0;
+}
+
+void iop_stream_set_data(iop_stream *s, void *data)
+{
+    s->data = data;
+}
+
+void *iop_stream_data(const iop_stream *s)
+{
+    return s->data;
+}
+
+int iop_stream_fd(const iop_stream *s)
+{
+    return s->fd;
+}
+
+iop_loop *iop_stream_loop(const iop_stream *s)
+{
+    return s->ctx->loop;
+}
+
+size_t iop_stream_queued(const iop_stream *s)
+{
+    return s->queued;
+}
+
+int iop_stream_read_start(iop_stream *s)
+{
+    if (s->flags & (SF_CLOSING | SF_FAILED))
+        return -EPIPE;
+    if (s->flags & SF_READING)
+        return 0;
+    s->flags |= SF_READING;
+    if (s->flags & SF_EOF) {
+        /* Nothing more will come, but bytes or the EOF itself may be owed
+         * from while reading was stopped (completion engine). */
+        if (s->ctx->completion)
+            iop__stream_pend(s);
+        return 0;
+    }
+    return s->ctx->completion ? iop__comp_read_start(s) : iop__ready_read_start(s);
+}
+
+int iop_stream_read_stop(iop_stream *s)
+{
+    if (!(s->flags & SF_READING))
+        return 0;
+    s->flags &= (uint16_t)~SF_READING;
+    if (s->ctx->completion)
+        iop__comp_read_stop(s);
+    else
+        iop__ready_read_stop(s);
+    return 0;
+}
+
+/* Tell the user what came (or what went wrong), and close a failed stream
+ * the user left open. */
+void iop__stream_deliver(iop_stream *s, ssize_t n, const char *buf)
+{
+    if (n < 0)
+        s->flags |= SF_ERR_TOLD;
+    s->flags |= SF_IN_CB;
+    s->ctx->cfg.on_read(s, n, buf);
+    s->flags &= (uint16_t)~SF_IN_CB;
+    if ((s->flags & (SF_FAILED | SF_CLOSING)) == SF_FAILED)
+        iop_stream_close(s);
+}
+
+void iop__stream_fail(iop_stream *s, int err)
+{
+    if (s->flags & (SF_FAILED | SF_CLOSING))
+        return;
+    s->flags |= SF_FAILED;
+    s->err = (int16_t)err;
+    idle_unlink(s);
+    iop__stream_deliver(s, err, NULL);
+}
+
+/* ---- the write queue --------------------------------------------------- */
+
+void iop__chunk_free(struct wchunk *c)
+{
+    if (c->is_file && c->file_close)
+        close(c->file_fd);
+    free(c);
+}
+
+static int queue_bytes(iop_stream *s, const char *p, size_t len)
+{
+    struct wchunk *t = s->wtail;
+    if (t && !t->is_file && t->cap > t->len) {
+        size_t room = t->cap - t->len;
+        size_t n = len < room ? len : room;
+        memcpy(t->data + t->len, p, n);
+        t->len += (uint32_t)n;
+        s->queued += n;
+        p += n;
+        len -= n;
+    }
+    while (len) {
+        size_t cap = len > CHUNK_MIN ? len : CHUNK_MIN;
+        if (cap > UINT32_MAX / 2)
+            cap = UINT32_MAX / 2;
+        struct wchunk *c = malloc(sizeof *c + cap);
+        if (!c)
+            return -ENOMEM;
+        size_t n = len < cap ? len : cap;
+        memset(c, 0, sizeof *c);
+        c->cap = (uint32_t)cap;
+        c->len = (uint32_t)n;
+        memcpy(c->data, p, n);
+        if (s->wtail)
+            s->wtail->next = c;
+        else
+            s->whead = c;
+        s->wtail = c;
+        s->queued += n;
+        p += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int write_state(iop_stream *s)
+{
+    if (s->flags & (SF_CLOSING | SF_FAILED | SF_SHUT_WANT | SF_SHUT_DONE))
+        return -EPIPE;
+    return 0;
+}
+
+static int full_check(iop_stream *s)
+{
+    if (s->queued > s->ctx->cfg.high_water) {
+        s->flags |= SF_FULL;
+        return 1;
+    }
+    return 0;
+}
+
+int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
+{
+    int rc = write_state(s);
+    if (rc < 0)
+        return rc;
+    size_t sent = 0;
+    /* Write first, wait later: with nothing queued, the kernel usually
+     * takes the whole reply now and nothing is copied. */
+    if (!s->whead && !s->ctx->completion) {
+        rc = iop__ready_try_write(s, iov, iovcnt, &sent);
+        if (rc < 0) {
+            s->flags |= SF_FAILED;
+            s->err = (int16_t)rc;
+            iop__stream_pend(s); /* told through on_read, not inside write */
+            return 0;
+        }
+    }
+    for (int i = 0; i < iovcnt; i++) {
+        size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
+        sent -= skip;
+        if (iov[i].iov_len > skip &&
+            (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip)) < 0)
+            return rc;
+    }
+    if (s->whead) {
+        if (s->ctx->completion)
+            iop__stream_pend(s); /* one sendmsg for all writes of this iteration */
+        else
+            iop__ready_kick(s);
+    }
+    return full_check(s);
+}
+
+int iop_stream_write(iop_stream *s, const void *buf, size_t len)
+{
+    struct iovec iov = {(void *)(uintptr_t)buf, len};
+    return iop_stream_writev(s, &iov, 1);
+}
+
+int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags)
+{
+    int rc = write_state(s);
+    if (rc < 0 || file_fd < 0 || offset < 0) {
+        if (flags & IOP_SENDFILE_CLOSE)
+            close(file_fd);
+        return rc < 0 ? rc : -EINVAL;
+    }
+    if (!len) {
+        if (flags & IOP_SENDFILE_CLOSE)
+            close(file_fd);
+        return full_check(s);
+    }
+    struct wchunk *c = calloc(1, sizeof *c);
+    if (!c) {
+        if (flags & IOP_SENDFILE_CLOSE)
+            close(file_fd);
+        return -ENOMEM;
+    }
+    c->is_file = 1;
+    c->file_close = (flags & IOP_SENDFILE_CLOSE) != 0;
+    c->file_fd = file_fd;
+    c->file_off = offset;
+    c->file_len = len;
+    if (s->wtail)
+        s->wtail->next = c;
+    else
+        s->whead = c;
+    s->wtail = c;
+    s->queued += len;
+    iop__stream_pend(s);
+    return full_check(s);
+}
+
+/* The kernel took n bytes from the head of the queue. */
+void iop__stream_consumed(iop_stream *s, size_t n)
+{
+    s->queued -= n;
+    while (n && s->whead) {
+        struct wchunk *c = s->whead;
+        size_t left = c->is_file ? c->file_len : c->len - c->off;
+        size_t take = n < left ? n : left;
+        if (c->is_file) {
+            c->file_off += (off_t)take;
+            c->file_len -= take;
+        } else {
+            c->off += (uint32_t)take;
+        }
+        n -= take;
+        if (take < left)
+            break;
+        s->whead = c->next;
+        if (!s->whead)
+            s->wtail = NULL;
+        iop__chunk_free(c);
+    }
+    if (s->ctx->cfg.idle_timeout_ms)
+        iop__stream_touch(s);
+}
+
+/* After progress: shutdown when empty and asked, on_drain when owed. */
+void iop__stream_drained(iop_stream *s)
+{
+    if (!s->whead && (s->flags & SF_SHUT_WANT) && !(s->flags & SF_SHUT_DONE)) {
+        s->flags |= SF_SHUT_DONE;
+        (void)shutdown(s->fd, SHUT_WR);
+    }
+    if ((s->flags & SF_FULL) && s->queued <= s->ctx->cfg.low_water) {
+        s->flags &= (uint16_t)~SF_FULL;
+        if (s->ctx->cfg.on_drain)
+            s->ctx->cfg.on_drain(s);
+    }
+}
+
+int iop_stream_shutdown(iop_stream *s)
+{
+    if (s->flags & (SF_CLOSING | SF_FAILED))
+        return -EPIPE;
+    if (s->flags & (SF_SHUT_WANT | SF_SHUT_DONE))
+        return 0;
+    s->flags |= SF_SHUT_WANT;
+    if (!s->whead) {
+        s->flags |= SF_SHUT_DONE;
+        if (shutdown(s->fd, SHUT_WR) < 0 && errno != ENOTCONN)
+            return -errno;
+    }
+    return 0;
+}
+
+/* ---- closing ----------------------------------------------------------- */
+
+void iop_stream_close(iop_stream *s)
+{
+    if (s->flags & SF_CLOSING)
+        return;
+    s->flags |= SF_CLOSING;
+    s->flags &= (uint16_t)~SF_READING;
+    idle_unlink(s);
+    if (s->ctx->completion)
+        iop__comp_close(s);
+    else
+        iop__ready_close(s);
+}
+
+/* Every request has finished: drop the queue, close the fd, and owe
+ * on_close, which runs from the deferred phase, never inside a call. */
+void iop__stream_done(iop_stream *s)
+{
+    while (s->whead) {
+        struct wchunk *c = s->whead;
+        s->whead = c->next;
+        iop__chunk_free(c);
+    }
+    s->wtail = NULL;
+    s->queued = 0;
+    close(s->fd);
+    s->fd = -1;
+    s->flags |= SF_DONE;
+    iop__stream_pend(s);
+}

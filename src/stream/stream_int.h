@@ -1,0 +1,103 @@
+/* stream_int.h - what the stream core and its two IO engines share.
+ *
+ * stream.c    contexts, the write queue, idle clock, deferred work, close
+ * ready.c     readiness engine (select/poll/epoll): nonblocking read/write
+ * complete.c  completion engine (io_uring): multishot recv, sendmsg, splice
+ */
+#ifndef IOP_STREAM_INT_H
+#define IOP_STREAM_INT_H
+
+#include "ioplex/stream.h"
+
+/* One queued item: bytes (data[off..len)) or a file range. */
+struct wchunk {
+    struct wchunk *next;
+    uint8_t is_file;
+    uint8_t file_close;
+    uint32_t len, off, cap; /* bytes */
+    int file_fd;            /* file */
+    off_t file_off;
+    size_t file_len; /* bytes of the file still to send */
+    char data[];
+};
+
+#define SF_READING    0x0001u /* the user wants on_read */
+#define SF_EOF        0x0002u /* the peer's FIN was seen */
+#define SF_SHUT_WANT  0x0004u /* shutdown once the queue drains */
+#define SF_SHUT_DONE  0x0008u
+#define SF_CLOSING    0x0010u
+#define SF_FAILED     0x0020u /* err holds the error; IO has stopped */
+#define SF_ERR_TOLD   0x0040u /* on_read has had the error */
+#define SF_FULL       0x0080u /* a write said "full": on_drain is owed */
+#define SF_PENDING    0x0100u /* on the ctx's pending list */
+#define SF_WANT_WRITE 0x0200u /* readiness LT: WRITE interest is on */
+#define SF_READ_AGAIN 0x0400u /* readiness: read before the next wait */
+#define SF_RECV_ARMED 0x0800u /* completion: a multishot recv is in flight */
+#define SF_IN_CB      0x1000u /* inside on_read: close is deferred to after it */
+#define SF_DONE       0x2000u /* fd closed, on_close owed */
+#define SF_EOF_OWED   0x4000u /* completion: EOF came while reading was stopped */
+
+struct usend;   /* complete.c: an in-flight sendmsg */
+struct usplice; /* complete.c: the pipe and ops of a file transfer */
+
+struct iop_stream {
+    void *data;
+    iop_stream_ctx *ctx;
+    struct wchunk *whead, *wtail;
+    size_t queued;
+    iop_stream *idle_prev, *idle_next;
+    iop_stream *pend_next;
+    uint32_t last_active; /* loop ms, truncated */
+    uint16_t flags;
+    int16_t err;
+    int fd;
+    union {
+        iop_io io; /* readiness */
+        struct {   /* completion */
+            iop_op recv;
+            struct usend *send;
+            struct usplice *splice;
+            struct wchunk *stash; /* bytes received while reading was stopped */
+        } c;
+    } u;
+};
+
+struct iop_stream_ctx {
+    iop_loop *loop;
+    struct iop_stream_config cfg;
+    int completion; /* the loop has IOP_CAP_COMPLETION */
+    size_t count;
+    char *rbuf;        /* readiness: the one read buffer */
+    iop_bufring *ring; /* completion: the shared provided buffers */
+    iop_stream *idle_head, *idle_tail;
+    iop_timer idle_timer;
+    iop_stream *pending;
+    iop_defer defer;
+};
+
+/* stream.c */
+void iop__stream_pend(iop_stream *s);
+void iop__stream_touch(iop_stream *s);
+void iop__stream_fail(iop_stream *s, int err);
+void iop__stream_deliver(iop_stream *s, ssize_t n, const char *buf);
+void iop__stream_consumed(iop_stream *s, size_t n);
+void iop__stream_drained(iop_stream *s);
+void iop__stream_done(iop_stream *s);
+void iop__chunk_free(struct wchunk *c);
+
+/* ready.c and complete.c: the same verbs, one engine each. */
+int iop__ready_open(iop_stream *s);
+int iop__ready_read_start(iop_stream *s);
+void iop__ready_read_stop(iop_stream *s);
+void iop__ready_kick(iop_stream *s); /* queue grew or read resumed */
+void iop__ready_pending(iop_stream *s);
+void iop__ready_close(iop_stream *s);
+int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, size_t *sent);
+
+int iop__comp_read_start(iop_stream *s);
+void iop__comp_read_stop(iop_stream *s);
+void iop__comp_pending(iop_stream *s);
+void iop__comp_close(iop_stream *s);
+int iop__comp_busy(const iop_stream *s);
+
+#endif
