@@ -121,7 +121,7 @@ static int arm_recv(iop_stream *s)
         if (rc < 0)
             return rc;
     }
-    int rc = iop_op_recv_multishot(ctx->loop, &s->u.c.recv, s->fd, ctx->ring, recv_cb);
+    int rc = iop_op_recv_multishot(ctx->loop, &s->u.c.recv, iop__sfd(s), ctx->ring, recv_cb);
     if (rc < 0)
         return rc;
     s->flags |= SF_RECV_ARMED;
@@ -199,7 +199,7 @@ static void start_send(iop_stream *s)
         u->iov[i++] = (struct iovec){k->data + k->off, k->len - k->off};
     u->msg.msg_iov = u->iov;
     u->msg.msg_iovlen = (size_t)n;
-    int rc = iop_op_sendmsg(s->ctx->loop, &u->op, s->fd, &u->msg, 0, send_cb);
+    int rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, 0, send_cb);
     if (rc < 0) {
         free(u);
         iop__stream_fail(s, rc);
@@ -258,7 +258,7 @@ static void splice_out_cb(iop_op *op, int res, unsigned flags)
         iop__stream_touch(s);
     } else if (res == -EAGAIN && !(s->flags & SF_CLOSING)) {
         /* The socket is full: wait for room, then splice the pipe out. */
-        if (iop_op_poll(s->ctx->loop, &sp->wait, s->fd, POLLOUT, splice_wait_cb) == 0)
+        if (iop_op_poll(s->ctx->loop, &sp->wait, iop__sfd(s), POLLOUT, splice_wait_cb) == 0)
             sp->nflight++;
     } else if (res < 0 && res != -ECANCELED && !(s->flags & SF_CLOSING)) {
         iop__stream_fail(s, res);
@@ -305,8 +305,8 @@ static void splice_step(iop_stream *s)
     }
     int rc = 0;
     if (sp->inpipe) {
-        rc =
-            iop_op_splice(loop, &sp->out, sp->pipe[0], -1, s->fd, -1, sp->inpipe, 0, splice_out_cb);
+        rc = iop_op_splice(loop, &sp->out, sp->pipe[0], -1, iop__sfd(s), -1, sp->inpipe, 0,
+                           splice_out_cb);
         sp->nflight += rc == 0;
     } else {
         size_t n = c->file_len < sp->cap ? c->file_len : sp->cap;
@@ -314,7 +314,8 @@ static void splice_step(iop_stream *s)
                            splice_in_cb);
         if (rc == 0) {
             sp->nflight++;
-            rc = iop_op_splice(loop, &sp->out, sp->pipe[0], -1, s->fd, -1, n, 0, splice_out_cb);
+            rc = iop_op_splice(loop, &sp->out, sp->pipe[0], -1, iop__sfd(s), -1, n, 0,
+                               splice_out_cb);
             sp->nflight += rc == 0;
         }
     }

@@ -23,10 +23,10 @@ static int edge(const iop_stream *s)
     return (s->u.io.events & IOP_EDGE) != 0;
 }
 
-int iop__ready_open(iop_stream *s)
+int iop__ready_open(iop_stream *s, int fd)
 {
     iop_loop *loop = s->ctx->loop;
-    iop_io_init(&s->u.io, s->fd, ready_cb);
+    iop_io_init(&s->u.io, fd, ready_cb);
     int want_edge = (iop_loop_flags(loop) & IOP_LOOP_EDGE) && (iop_loop_caps(loop) & IOP_CAP_EDGE);
     return iop_io_start(loop, &s->u.io, want_edge ? IOP_READ | IOP_WRITE | IOP_EDGE : 0);
 }
@@ -83,7 +83,7 @@ int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, siz
     *sent = 0;
     if (iovcnt > IOV_BATCH)
         iovcnt = IOV_BATCH;
-    ssize_t r = send_iov(s->fd, iov, iovcnt);
+    ssize_t r = send_iov(iop__sfd(s), iov, iovcnt);
     if (r < 0)
         return errno == EAGAIN ? 0 : -errno;
     *sent = (size_t)r;
@@ -101,7 +101,7 @@ static int flush(iop_stream *s)
         if (c->is_file) {
             off_t off = c->file_off;
             size_t n = c->file_len < (1u << 30) ? c->file_len : (1u << 30);
-            r = sendfile(s->fd, c->file_fd, &off, n);
+            r = sendfile(iop__sfd(s), c->file_fd, &off, n);
             if (r == 0)
                 return -EIO; /* the file is shorter than promised */
         } else {
@@ -109,7 +109,7 @@ static int flush(iop_stream *s)
             int n = 0;
             for (struct wchunk *k = c; k && !k->is_file && n < IOV_BATCH; k = k->next)
                 iov[n++] = (struct iovec){k->data + k->off, k->len - k->off};
-            r = send_iov(s->fd, iov, n);
+            r = send_iov(iop__sfd(s), iov, n);
         }
         if (r < 0) {
             if (errno == EINTR)
@@ -142,7 +142,7 @@ static void do_read(iop_stream *s)
     for (int i = 0; i < READS_PER_WAKEUP; i++) {
         if ((s->flags & (SF_READING | SF_CLOSING | SF_FAILED | SF_EOF)) != SF_READING)
             return;
-        ssize_t n = recv(s->fd, ctx->rbuf, ctx->cfg.read_size, 0);
+        ssize_t n = recv(iop__sfd(s), ctx->rbuf, ctx->cfg.read_size, 0);
         if (n < 0) {
             if (errno == EINTR)
                 continue;

@@ -50,6 +50,7 @@ int iop_stream_ctx_free(iop_stream_ctx *ctx)
     iop_timer_stop(&ctx->idle_timer);
     iop_defer_cancel(&ctx->defer);
     iop_bufring_free(ctx->ring);
+    free(ctx->pending);
     free(ctx->rbuf);
     free(ctx);
     return 0;
@@ -134,10 +135,18 @@ void iop__stream_pend(iop_stream *s)
 {
     if (s->flags & SF_PENDING)
         return;
+    iop_stream_ctx *ctx = s->ctx;
+    if (ctx->npending == ctx->cappending) {
+        size_t cap = ctx->cappending ? ctx->cappending * 2 : 64;
+        iop_stream **p = realloc(ctx->pending, cap * sizeof *p);
+        if (!p)
+            return; /* the stream stays unflagged; its next event retries */
+        ctx->pending = p;
+        ctx->cappending = cap;
+    }
     s->flags |= SF_PENDING;
-    s->pend_next = s->ctx->pending;
-    s->ctx->pending = s;
-    (void)iop_defer_start(s->ctx->loop, &s->ctx->defer, pending_run);
+    ctx->pending[ctx->npending++] = s;
+    (void)iop_defer_start(ctx->loop, &ctx->defer, pending_run);
 }
 
 static void stream_free(iop_stream *s)
@@ -172,14 +181,18 @@ static void pending_one(iop_stream *s)
 static void pending_run(iop_defer *d)
 {
     iop_stream_ctx *ctx = d->data;
-    iop_stream *list = ctx->pending;
-    ctx->pending = NULL;
-    while (list) {
-        iop_stream *s = list;
-        list = s->pend_next;
+    /* Only the streams pended before this run: work they pend again (an
+     * edge read that yielded) waits for the next iteration. */
+    size_t n = ctx->npending;
+    for (size_t i = 0; i < n; i++) {
+        iop_stream *s = ctx->pending[i];
         s->flags &= (uint16_t)~SF_PENDING;
         pending_one(s);
     }
+    memmove(ctx->pending, ctx->pending + n, (ctx->npending - n) * sizeof *ctx->pending);
+    ctx->npending -= n;
+    if (ctx->npending)
+        (void)iop_defer_start(ctx->loop, &ctx->defer, pending_run);
 }
 
 /* ---- streams ----------------------------------------------------------- */
@@ -202,8 +215,9 @@ int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out)
         return -ENOMEM;
     }
     s->ctx = ctx;
-    s->fd = fd;
-    int rc = ctx->completion ? 0 : iop__ready_open(s);
+    if (ctx->completion)
+        s->u.c.fd = fd;
+    int rc = ctx->completion ? 0 : iop__ready_open(s, fd);
     if (rc < 0) {
         close(fd);
         free(s);
@@ -228,7 +242,7 @@ void *iop_stream_data(const iop_stream *s)
 
 int iop_stream_fd(const iop_stream *s)
 {
-    return s->fd;
+    return iop__sfd(s);
 }
 
 iop_loop *iop_stream_loop(const iop_stream *s)
@@ -458,7 +472,7 @@ void iop__stream_drained(iop_stream *s)
 {
     if (!s->whead && (s->flags & SF_SHUT_WANT) && !(s->flags & SF_SHUT_DONE)) {
         s->flags |= SF_SHUT_DONE;
-        (void)shutdown(s->fd, SHUT_WR);
+        (void)shutdown(iop__sfd(s), SHUT_WR);
     }
     if ((s->flags & SF_FULL) && s->queued <= s->ctx->cfg.low_water) {
         s->flags &= (uint16_t)~SF_FULL;
@@ -476,7 +490,7 @@ int iop_stream_shutdown(iop_stream *s)
     s->flags |= SF_SHUT_WANT;
     if (!s->whead) {
         s->flags |= SF_SHUT_DONE;
-        if (shutdown(s->fd, SHUT_WR) < 0 && errno != ENOTCONN)
+        if (shutdown(iop__sfd(s), SHUT_WR) < 0 && errno != ENOTCONN)
             return -errno;
     }
     return 0;
@@ -508,8 +522,7 @@ void iop__stream_done(iop_stream *s)
     }
     s->wtail = NULL;
     s->queued = 0;
-    close(s->fd);
-    s->fd = -1;
+    close(iop__sfd(s));
     s->flags |= SF_DONE;
     iop__stream_pend(s);
 }

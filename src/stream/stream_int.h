@@ -46,14 +46,14 @@ struct iop_stream {
     struct wchunk *whead, *wtail;
     size_t queued;
     iop_stream *idle_prev, *idle_next;
-    iop_stream *pend_next;
     uint32_t last_active; /* loop ms, truncated */
     uint16_t flags;
     int16_t err;
-    int fd;
+    /* The tail: a readiness stream is allocated only up to the end of io. */
     union {
-        iop_io io; /* readiness */
+        iop_io io; /* readiness; io.fd is the stream's fd */
         struct {   /* completion */
+            int fd;
             iop_op recv;
             struct usend *send;
             struct usplice *splice;
@@ -71,9 +71,15 @@ struct iop_stream_ctx {
     iop_bufring *ring; /* completion: the shared provided buffers */
     iop_stream *idle_head, *idle_tail;
     iop_timer idle_timer;
-    iop_stream *pending;
+    iop_stream **pending; /* streams with deferred work */
+    size_t npending, cappending;
     iop_defer defer;
 };
+
+static inline int iop__sfd(const iop_stream *s)
+{
+    return s->ctx->completion ? s->u.c.fd : s->u.io.fd;
+}
 
 /* stream.c */
 void iop__stream_pend(iop_stream *s);
@@ -86,7 +92,7 @@ void iop__stream_done(iop_stream *s);
 void iop__chunk_free(struct wchunk *c);
 
 /* ready.c and complete.c: the same verbs, one engine each. */
-int iop__ready_open(iop_stream *s);
+int iop__ready_open(iop_stream *s, int fd);
 int iop__ready_read_start(iop_stream *s);
 void iop__ready_read_stop(iop_stream *s);
 void iop__ready_kick(iop_stream *s); /* queue grew or read resumed */
