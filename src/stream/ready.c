@@ -70,10 +70,13 @@ void iop__ready_kick(iop_stream *s)
 
 static ssize_t send_iov(int fd, const struct iovec *iov, int n)
 {
+    /* sendmsg, not writev: only it takes MSG_NOSIGNAL.  send for one
+     * buffer: the kernel then skips importing an iovec array. */
     struct msghdr m = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
     ssize_t r;
     do
-        r = sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        r = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT)
+                   : sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
     while (r < 0 && errno == EINTR);
     return r;
 }
