@@ -88,6 +88,8 @@ enum iop_run_mode {
     IOP_RUN_DEFAULT = 0, /* until iop_loop_stop() or nothing is active */
     IOP_RUN_ONCE,        /* one iteration; waits for at least one event */
     IOP_RUN_NOWAIT,      /* one iteration; never waits */
+    /* ONCE and NOWAIT run due timers again after the wait.  Callbacks an
+     * event deferred run at the start of the next run call. */
 };
 
 /* Run the loop.  Returns 1 if handles are still active (more to do), 0 if

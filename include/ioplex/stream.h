@@ -118,6 +118,51 @@ int iop_stream_shutdown(iop_stream *s);
  * second call is a no-op.  For a graceful end, shutdown then close on EOF. */
 void iop_stream_close(iop_stream *s);
 
+/* ---- datagrams (UDP) -----------------------------------------------------
+ *
+ * A datagram handle wraps one bound UDP socket.  Readiness backends read
+ * with recvmmsg and send with sendmmsg, a batch per wakeup; io_uring keeps
+ * several recvmsg requests in flight and sends each datagram with a
+ * sendmsg request.  Datagrams are never merged or split. */
+
+typedef struct iop_dgram iop_dgram;
+struct sockaddr;
+
+/* n >= 0: a datagram of n bytes (0 is a valid empty datagram) from `from`;
+ * buf and from are lent until the callback returns.  n < 0: the socket
+ * failed (reading has stopped; close it). */
+typedef void (*iop_dgram_recv_cb)(iop_dgram *d, ssize_t n, const char *buf,
+                                  const struct sockaddr *from, unsigned fromlen);
+typedef void (*iop_dgram_cb)(iop_dgram *d);
+
+struct iop_dgram_config {
+    iop_dgram_recv_cb on_recv; /* required */
+    iop_dgram_cb on_close;     /* after iop_dgram_close, when all is gone */
+    unsigned max_size;         /* largest datagram received; 0: 65536; larger
+                                * ones are dropped and counted, never cut short */
+    unsigned batch;            /* datagrams per recvmmsg / requests in flight; 0: 16 */
+    size_t send_queue_max;     /* bytes queued for sending; beyond: -ENOBUFS; 0: 4 MiB */
+};
+
+/* Wrap a bound UDP socket (the handle owns fd, closes it, also on failure). */
+int iop_dgram_open(iop_loop *loop, int fd, const struct iop_dgram_config *cfg, iop_dgram **out);
+int iop_dgram_recv_start(iop_dgram *d);
+int iop_dgram_recv_stop(iop_dgram *d);
+/* Queue one datagram to `to` (copied); sent before the loop next waits,
+ * batched with the others of this iteration.  -EMSGSIZE over 65507 bytes,
+ * -ENOBUFS when the queue is over send_queue_max, -EPIPE after close.
+ * Errors of a send that the kernel refuses later (ECONNREFUSED, ...) are
+ * dropped: UDP promises nothing. */
+int iop_dgram_send(iop_dgram *d, const void *buf, size_t len, const struct sockaddr *to,
+                   unsigned tolen);
+void iop_dgram_set_data(iop_dgram *d, void *data);
+void *iop_dgram_data(const iop_dgram *d);
+int iop_dgram_fd(const iop_dgram *d);
+/* Datagrams dropped because they were larger than max_size. */
+uint64_t iop_dgram_dropped(const iop_dgram *d);
+/* Stop, drop the queue, close the fd; on_close later, never inside. */
+void iop_dgram_close(iop_dgram *d);
+
 #ifdef __cplusplus
 }
 #endif
