@@ -387,6 +387,8 @@ void iop_defer_cancel(iop_defer *d)
     if (!d->queued)
         return;
     iop_loop *l = d->loop;
+    if (l->defer_last == d)
+        l->defer_last = d->prev; /* the phase now ends one earlier */
     if (d->prev)
         d->prev->next = d->next;
     else
@@ -403,15 +405,14 @@ void iop_defer_cancel(iop_defer *d)
 static void defer_run(iop_loop *l)
 {
     /* Only those queued before this phase began: a callback that queues
-     * again runs next iteration, so a defer loop cannot starve the poll. */
-    iop_defer *last = l->defer_tail;
-    while (l->defer_head && last) {
+     * again runs next iteration, so a defer loop cannot starve the poll.
+     * The bound lives in the loop because a callback may cancel the last
+     * one; iop_defer_cancel() then moves it back (NULL ends the phase). */
+    l->defer_last = l->defer_tail;
+    while (l->defer_last) {
         iop_defer *d = l->defer_head;
-        int was_last = d == last;
         iop_defer_cancel(d);
         d->cb(d);
-        if (was_last)
-            break;
     }
 }
 
@@ -419,7 +420,8 @@ static void defer_run(iop_loop *l)
 
 static int loop_timeout(iop_loop *l, int mode)
 {
-    if (mode == IOP_RUN_NOWAIT || l->defer_head ||
+    /* Nothing active: no event can come, so waiting would hang. */
+    if (mode == IOP_RUN_NOWAIT || l->defer_head || l->nactive == 0 ||
         atomic_load_explicit(&l->stop, memory_order_acquire))
         return 0;
     uint64_t due;

@@ -51,6 +51,7 @@ struct iop_loop {
     uint64_t timer_seq;
 
     iop_defer *defer_head, *defer_tail;
+    iop_defer *defer_last; /* last of this defer phase, fixed up if cancelled */
 
     /* The loop's own wakeup: an eventfd watched like any fd.  Async sends
      * and signal handlers write it; reading it runs both. */
