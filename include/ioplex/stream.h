@@ -23,7 +23,9 @@
  * returns.
  *
  * Threads: a stream and its context belong to their loop's thread.
- * SIGPIPE: writes use MSG_NOSIGNAL; a vanished peer is an error code.
+ * SIGPIPE: writes use MSG_NOSIGNAL; a vanished peer is an error code.  As
+ * sendfile(2) cannot be told so, making a context sets SIGPIPE to SIG_IGN
+ * if it is at its default (a program's own handler is left alone).
  */
 #ifndef IOPLEX_STREAM_H
 #define IOPLEX_STREAM_H
@@ -63,6 +65,7 @@ struct iop_stream_config {
     unsigned idle_timeout_ms; /* no bytes in or out that long: -ETIMEDOUT; 0 = never */
     unsigned read_size;       /* bytes per read buffer; 0: 64 KiB (uring: 16 KiB) */
     unsigned ring_buffers;    /* uring: buffers in the shared ring; 0: 512 */
+    void *data;               /* yours: iop_stream_ctx_data() */
 };
 
 /* A context for streams on loop.  cfg is copied.  -EINVAL without on_read. */
@@ -72,6 +75,9 @@ int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_
 int iop_stream_ctx_free(iop_stream_ctx *ctx);
 iop_loop *iop_stream_ctx_loop(const iop_stream_ctx *ctx);
 size_t iop_stream_ctx_count(const iop_stream_ctx *ctx);
+void *iop_stream_ctx_data(const iop_stream_ctx *ctx);
+/* The context a stream was opened from. */
+iop_stream_ctx *iop_stream_ctx_of(const iop_stream *s);
 
 /* Wrap a connected socket.  The stream owns fd from here on (it closes it,
  * also when this call fails) and makes it non-blocking.  Reading does not

@@ -7,6 +7,7 @@
  * tried at once because the edge that announced the bytes is gone. */
 #include <errno.h>
 #include <stdlib.h>
+#include <sys/select.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -26,6 +27,12 @@ static int edge(const iop_stream *s)
 int iop__ready_open(iop_stream *s, int fd)
 {
     iop_loop *loop = s->ctx->loop;
+    /* select cannot watch fd >= FD_SETSIZE.  The loop only refuses it once
+     * an interest is set, later, where interest() cannot report it: refuse it
+     * here, so the caller learns it (and the fd is closed), instead of a
+     * stream that is never read. */
+    if (!(iop_loop_caps(loop) & IOP_CAP_ANY_FD) && fd >= FD_SETSIZE)
+        return -ERANGE;
     iop_io_init(&s->u.io, fd, ready_cb);
     int want_edge = (iop_loop_flags(loop) & IOP_LOOP_EDGE) && (iop_loop_caps(loop) & IOP_CAP_EDGE);
     return iop_io_start(loop, &s->u.io, want_edge ? IOP_READ | IOP_WRITE | IOP_EDGE : 0);

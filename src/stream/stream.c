@@ -2,6 +2,7 @@
  * closing; the IO itself is ready.c's or complete.c's. */
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -15,6 +16,18 @@
 
 static void idle_tick(iop_timer *t);
 static void pending_run(iop_defer *d);
+
+/* sendfile(2) cannot be told MSG_NOSIGNAL, and TCP raises SIGPIPE on it
+ * even for a short count: a process still at SIGPIPE's default would die
+ * of a vanished peer.  Servers ignore SIGPIPE; so do we, once, unless the
+ * program chose a disposition of its own. */
+static void sigpipe_ignore(void)
+{
+    struct sigaction old;
+    if (sigaction(SIGPIPE, NULL, &old) == 0 && !(old.sa_flags & SA_SIGINFO) &&
+        old.sa_handler == SIG_DFL)
+        (void)signal(SIGPIPE, SIG_IGN);
+}
 
 int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_stream_ctx **out)
 {
@@ -36,6 +49,7 @@ int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_
         ctx->cfg.ring_buffers = 512;
     iop_timer_init(&ctx->idle_timer, idle_tick);
     ctx->idle_timer.data = ctx;
+    sigpipe_ignore();
     ctx->defer.data = ctx;
     *out = ctx;
     return 0;
@@ -64,6 +78,16 @@ iop_loop *iop_stream_ctx_loop(const iop_stream_ctx *ctx)
 size_t iop_stream_ctx_count(const iop_stream_ctx *ctx)
 {
     return ctx->count;
+}
+
+void *iop_stream_ctx_data(const iop_stream_ctx *ctx)
+{
+    return ctx->cfg.data;
+}
+
+iop_stream_ctx *iop_stream_ctx_of(const iop_stream *s)
+{
+    return s->ctx;
 }
 
 /* ---- idle clock ---------------------------------------------------------
