@@ -78,6 +78,9 @@ size_t iop_stream_ctx_count(const iop_stream_ctx *ctx);
 void *iop_stream_ctx_data(const iop_stream_ctx *ctx);
 /* The context a stream was opened from. */
 iop_stream_ctx *iop_stream_ctx_of(const iop_stream *s);
+/* Call fn for every open stream of ctx (oldest activity first).  fn may
+ * close or end the stream it is given, not others. */
+void iop_stream_ctx_foreach(iop_stream_ctx *ctx, void (*fn)(iop_stream *s, void *arg), void *arg);
 
 /* Wrap a connected socket.  The stream owns fd from here on (it closes it,
  * also when this call fails) and makes it non-blocking.  Reading does not
@@ -123,6 +126,10 @@ int iop_stream_shutdown(iop_stream *s);
  * (never inside this call).  Safe inside any callback of the stream; a
  * second call is a no-op.  For a graceful end, shutdown then close on EOF. */
 void iop_stream_close(iop_stream *s);
+
+/* End gracefully: stop reading, send what is queued, then FIN and close
+ * (at once if nothing is queued).  on_close follows as for close. */
+void iop_stream_end(iop_stream *s);
 
 /* ---- datagrams (UDP) -----------------------------------------------------
  *

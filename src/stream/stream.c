@@ -111,21 +111,38 @@ static void idle_unlink(iop_stream *s)
     s->idle_prev = s->idle_next = NULL;
 }
 
-void iop__stream_touch(iop_stream *s)
+/* The list holds every open stream (iop_stream_ctx_foreach walks it); only
+ * with an idle timeout does activity reorder it. */
+static void idle_link_tail(iop_stream *s)
 {
     iop_stream_ctx *ctx = s->ctx;
-    if (!ctx->cfg.idle_timeout_ms)
-        return;
-    s->last_active = (uint32_t)iop_loop_now(ctx->loop);
-    if (ctx->idle_tail == s)
-        return;
-    idle_unlink(s);
     s->idle_prev = ctx->idle_tail;
     if (ctx->idle_tail)
         ctx->idle_tail->idle_next = s;
     else
         ctx->idle_head = s;
     ctx->idle_tail = s;
+}
+
+void iop__stream_touch(iop_stream *s)
+{
+    iop_stream_ctx *ctx = s->ctx;
+    if (!ctx->cfg.idle_timeout_ms)
+        return;
+    s->last_active = (uint32_t)iop_loop_now(ctx->loop);
+    if (ctx->idle_tail == s || (!s->idle_prev && ctx->idle_head != s))
+        return; /* already last, or unlinked because it failed */
+    idle_unlink(s);
+    idle_link_tail(s);
+}
+
+void iop_stream_ctx_foreach(iop_stream_ctx *ctx, void (*fn)(iop_stream *s, void *arg), void *arg)
+{
+    iop_stream *next;
+    for (iop_stream *s = ctx->idle_head; s; s = next) {
+        next = s->idle_next;
+        fn(s, arg);
+    }
 }
 
 static void idle_tick(iop_timer *t)
@@ -249,7 +266,8 @@ int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out)
     }
     ctx->count++;
     idle_start(ctx);
-    iop__stream_touch(s);
+    s->last_active = (uint32_t)iop_loop_now(ctx->loop);
+    idle_link_tail(s);
     *out = s;
     return 0;
 }
@@ -494,6 +512,10 @@ void iop__stream_consumed(iop_stream *s, size_t n)
 /* After progress: shutdown when empty and asked, on_drain when owed. */
 void iop__stream_drained(iop_stream *s)
 {
+    if ((s->flags & SF_END) && !s->whead) {
+        iop_stream_close(s);
+        return;
+    }
     if (!s->whead && (s->flags & SF_SHUT_WANT) && !(s->flags & SF_SHUT_DONE)) {
         s->flags |= SF_SHUT_DONE;
         (void)shutdown(iop__sfd(s), SHUT_WR);
@@ -521,6 +543,19 @@ int iop_stream_shutdown(iop_stream *s)
 }
 
 /* ---- closing ----------------------------------------------------------- */
+
+void iop_stream_end(iop_stream *s)
+{
+    if (s->flags & (SF_CLOSING | SF_END))
+        return;
+    (void)iop_stream_read_stop(s);
+    if (!s->whead || (s->flags & SF_FAILED)) {
+        iop_stream_close(s);
+        return;
+    }
+    s->flags |= SF_END;
+    (void)iop_stream_shutdown(s); /* FIN after the last byte */
+}
 
 void iop_stream_close(iop_stream *s)
 {

@@ -36,6 +36,7 @@ struct wchunk {
 #define SF_IN_CB      0x1000u /* inside on_read: close is deferred to after it */
 #define SF_DONE       0x2000u /* fd closed, on_close owed */
 #define SF_EOF_OWED   0x4000u /* completion: EOF came while reading was stopped */
+#define SF_END        0x8000u /* close once the queue has drained */
 
 struct usend;   /* complete.c: an in-flight sendmsg */
 struct usplice; /* complete.c: the pipe and ops of a file transfer */
