@@ -27,6 +27,7 @@ struct cli_cmd {
 int cli_dispatch(const char *prog, const char *usage, const struct cli_cmd *cmds, int argc,
                  char **argv);
 
+int cmd_echo(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_loop(int argc, char **argv);
 

@@ -53,7 +53,7 @@ static int store(const char *prog, const struct opt *o, const char *spell, int l
         *(const char **)o->dest = value;
         return 0;
     case OPT_FUNC:
-        return o->fn(prog, value);
+        return o->fn(prog, value, o->dest);
     }
     return -1;
 }

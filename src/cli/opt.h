@@ -7,7 +7,7 @@
  *         {"backend", 'b', OPT_STR, &backend},
  *         {"edge", 0, OPT_FLAG, &edge},
  *         {"rounds", 'r', OPT_INT, &rounds, 1, 10000},
- *         {"listen", 'l', OPT_FUNC, NULL, 0, 0, add_listener},
+ *         {"listen", 'l', OPT_FUNC, &listeners, 0, 0, add_listener},
  *         {0},
  *     };
  *
@@ -25,17 +25,18 @@ enum opt_kind {
     OPT_FLAG, /* int *: set to 1 */
     OPT_INT,  /* long *: a decimal integer from min to max */
     OPT_STR,  /* const char **: the value, pointing into argv */
-    OPT_FUNC, /* fn: called with each value (repeatable options) */
+    OPT_FUNC, /* fn: called with each value and dest (repeatable options) */
 };
 
-/* Returns 0, or -1 after printing one line on stderr. */
-typedef int (*opt_func_t)(const char *prog, const char *value);
+/* Called with the option's dest.  Returns 0, or -1 after printing one line
+ * on stderr. */
+typedef int (*opt_func_t)(const char *prog, const char *value, void *dest);
 
 struct opt {
     const char *name; /* long name without "--", or NULL */
     char short_name;  /* or 0 */
     enum opt_kind kind;
-    void *dest;    /* see enum opt_kind; unused for OPT_FUNC */
+    void *dest;    /* see enum opt_kind; OPT_FUNC: passed to fn */
     long min, max; /* OPT_INT only */
     opt_func_t fn; /* OPT_FUNC only */
 };
