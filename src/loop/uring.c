@@ -153,6 +153,9 @@ static int ensure_enabled(struct uring_state *st)
         0)
         return -errno;
     st->enabled = 1;
+    /* A registered ring fd spares each io_uring_enter an fd lookup (5.18+);
+     * like SINGLE_ISSUER it belongs to this thread.  Optional. */
+    (void)io_uring_register_ring_fd(&st->ring);
     return 0;
 }
 

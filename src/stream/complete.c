@@ -41,6 +41,36 @@ struct usplice {
     int nflight;
 };
 
+struct comp_extra {
+    struct usend *send;
+    struct usplice *splice;
+    struct wchunk *stash;
+};
+
+static const struct comp_extra no_extra;
+
+static const struct comp_extra *xt(const iop_stream *s)
+{
+    return s->u.c.x ? s->u.c.x : &no_extra;
+}
+
+static struct comp_extra *xget(iop_stream *s)
+{
+    if (!s->u.c.x)
+        s->u.c.x = calloc(1, sizeof *s->u.c.x);
+    return s->u.c.x;
+}
+
+/* Free the extra part once nothing uses it. */
+static void xtrim(iop_stream *s)
+{
+    struct comp_extra *x = s->u.c.x;
+    if (x && !x->send && !x->splice && !x->stash) {
+        free(x);
+        s->u.c.x = NULL;
+    }
+}
+
 static void start_tx(iop_stream *s);
 static void maybe_done(iop_stream *s);
 
@@ -58,7 +88,13 @@ static void stash(iop_stream *s, const char *buf, size_t n)
     memset(c, 0, sizeof *c);
     c->len = c->cap = (uint32_t)n;
     memcpy(c->data, buf, n);
-    struct wchunk **pp = &s->u.c.stash;
+    struct comp_extra *x = xget(s);
+    if (!x) {
+        free(c);
+        iop__stream_fail(s, -ENOMEM);
+        return;
+    }
+    struct wchunk **pp = &x->stash;
     while (*pp)
         pp = &(*pp)->next;
     *pp = c;
@@ -69,7 +105,7 @@ static void on_data(iop_stream *s, const char *buf, int n)
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
     iop__stream_touch(s);
-    if ((s->flags & SF_READING) && !s->u.c.stash)
+    if ((s->flags & SF_READING) && !xt(s)->stash)
         iop__stream_deliver(s, n, buf);
     else
         stash(s, buf, (size_t)n); /* read_stop came before these bytes */
@@ -130,7 +166,7 @@ static int arm_recv(iop_stream *s)
 
 int iop__comp_read_start(iop_stream *s)
 {
-    if (s->u.c.stash || (s->flags & SF_EOF_OWED)) {
+    if (xt(s)->stash || (s->flags & SF_EOF_OWED)) {
         iop__stream_pend(s); /* stashed bytes first, then the kernel's */
         return 0;
     }
@@ -147,12 +183,13 @@ static void deliver_stash(iop_stream *s)
 {
     struct wchunk *c;
     while ((s->flags & SF_READING) && !(s->flags & (SF_CLOSING | SF_FAILED)) &&
-           (c = s->u.c.stash)) {
-        s->u.c.stash = c->next;
+           (c = xt(s)->stash)) {
+        s->u.c.x->stash = c->next;
         iop__stream_deliver(s, (ssize_t)c->len, c->data);
         free(c);
     }
-    if ((s->flags & SF_READING) && !s->u.c.stash && (s->flags & SF_EOF_OWED) &&
+    xtrim(s);
+    if ((s->flags & SF_READING) && !xt(s)->stash && (s->flags & SF_EOF_OWED) &&
         !(s->flags & (SF_CLOSING | SF_FAILED))) {
         s->flags &= (uint16_t)~SF_EOF_OWED;
         iop__stream_deliver(s, 0, NULL); /* the EOF that came while stopped */
@@ -166,7 +203,8 @@ static void send_cb(iop_op *op, int res, unsigned flags)
     struct usend *u = (struct usend *)op;
     iop_stream *s = u->s;
     (void)flags;
-    s->u.c.send = NULL;
+    s->u.c.x->send = NULL;
+    xtrim(s);
     free(u);
     if (s->flags & SF_CLOSING) {
         maybe_done(s);
@@ -187,7 +225,8 @@ static void start_send(iop_stream *s)
     int n = 0;
     for (struct wchunk *k = s->whead; k && !k->is_file && n < IOV_BATCH; k = k->next)
         n++;
-    struct usend *u = malloc(sizeof *u + (size_t)n * sizeof(struct iovec));
+    struct comp_extra *x = xget(s);
+    struct usend *u = x ? malloc(sizeof *u + (size_t)n * sizeof(struct iovec)) : NULL;
     if (!u) {
         iop__stream_fail(s, -ENOMEM);
         return;
@@ -197,15 +236,24 @@ static void start_send(iop_stream *s)
     int i = 0;
     for (struct wchunk *k = s->whead; i < n; k = k->next)
         u->iov[i++] = (struct iovec){k->data + k->off, k->len - k->off};
-    u->msg.msg_iov = u->iov;
-    u->msg.msg_iovlen = (size_t)n;
-    int rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, 0, send_cb);
+    int rc;
+    if (n == 1) {
+        /* One buffer: a plain send spares the kernel the msghdr and iovec
+         * copies of sendmsg. */
+        rc = iop_op_send(s->ctx->loop, &u->op, iop__sfd(s), u->iov[0].iov_base, u->iov[0].iov_len,
+                         0, send_cb);
+    } else {
+        u->msg.msg_iov = u->iov;
+        u->msg.msg_iovlen = (size_t)n;
+        rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, 0, send_cb);
+    }
     if (rc < 0) {
         free(u);
+        xtrim(s);
         iop__stream_fail(s, rc);
         return;
     }
-    s->u.c.send = u;
+    x->send = u;
 }
 
 /* ---- sendfile: linked splices ------------------------------------------ */
@@ -268,8 +316,11 @@ static void splice_out_cb(iop_op *op, int res, unsigned flags)
 
 static struct usplice *splice_get(iop_stream *s)
 {
-    if (s->u.c.splice)
-        return s->u.c.splice;
+    if (xt(s)->splice)
+        return xt(s)->splice;
+    struct comp_extra *x = xget(s);
+    if (!x)
+        return NULL;
     struct usplice *sp = calloc(1, sizeof *sp);
     if (!sp)
         return NULL;
@@ -280,7 +331,7 @@ static struct usplice *splice_get(iop_stream *s)
     int cap = fcntl(sp->pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
     sp->cap = cap > 0 ? (size_t)cap : 65536;
     sp->s = s;
-    s->u.c.splice = sp;
+    x->splice = sp;
     return sp;
 }
 
@@ -297,7 +348,7 @@ static void splice_step(iop_stream *s)
         s->whead = c->next; /* this file is all in the socket */
         if (!s->whead)
             s->wtail = NULL;
-        iop__chunk_free(c);
+        iop__chunk_free(s->ctx, c);
         start_tx(s);
         if (!(s->flags & (SF_CLOSING | SF_FAILED)))
             iop__stream_drained(s);
@@ -326,7 +377,7 @@ static void splice_step(iop_stream *s)
 /* Next round of the queue, if none is in flight. */
 static void start_tx(iop_stream *s)
 {
-    if (!s->whead || s->u.c.send || (s->u.c.splice && s->u.c.splice->nflight))
+    if (!s->whead || xt(s)->send || (xt(s)->splice && xt(s)->splice->nflight))
         return;
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
@@ -341,7 +392,7 @@ void iop__comp_pending(iop_stream *s)
     deliver_stash(s);
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
-    if ((s->flags & SF_READING) && !s->u.c.stash) {
+    if ((s->flags & SF_READING) && !xt(s)->stash) {
         int rc = arm_recv(s);
         if (rc < 0) {
             iop__stream_fail(s, rc);
@@ -355,7 +406,7 @@ void iop__comp_pending(iop_stream *s)
 
 static int busy(const iop_stream *s)
 {
-    return (s->flags & SF_RECV_ARMED) || s->u.c.send || (s->u.c.splice && s->u.c.splice->nflight);
+    return (s->flags & SF_RECV_ARMED) || xt(s)->send || (xt(s)->splice && xt(s)->splice->nflight);
 }
 
 int iop__comp_busy(const iop_stream *s)
@@ -367,18 +418,19 @@ static void maybe_done(iop_stream *s)
 {
     if (busy(s) || (s->flags & SF_DONE))
         return;
-    struct usplice *sp = s->u.c.splice;
-    if (sp) {
-        close(sp->pipe[0]);
-        close(sp->pipe[1]);
-        free(sp);
-        s->u.c.splice = NULL;
+    struct comp_extra *x = s->u.c.x;
+    if (x && x->splice) {
+        close(x->splice->pipe[0]);
+        close(x->splice->pipe[1]);
+        free(x->splice);
     }
-    while (s->u.c.stash) {
-        struct wchunk *c = s->u.c.stash;
-        s->u.c.stash = c->next;
+    while (x && x->stash) {
+        struct wchunk *c = x->stash;
+        x->stash = c->next;
         free(c);
     }
+    free(x);
+    s->u.c.x = NULL;
     iop__stream_done(s);
 }
 
@@ -386,9 +438,9 @@ void iop__comp_close(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
-    if (s->u.c.send)
-        (void)iop_op_cancel(&s->u.c.send->op);
-    struct usplice *sp = s->u.c.splice;
+    if (xt(s)->send)
+        (void)iop_op_cancel(&xt(s)->send->op);
+    struct usplice *sp = xt(s)->splice;
     if (sp) {
         iop_op *ops[] = {&sp->in, &sp->out, &sp->wait};
         for (int i = 0; i < 3; i++)

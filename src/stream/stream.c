@@ -64,6 +64,11 @@ int iop_stream_ctx_free(iop_stream_ctx *ctx)
     iop_timer_stop(&ctx->idle_timer);
     iop_defer_cancel(&ctx->defer);
     iop_bufring_free(ctx->ring);
+    while (ctx->spare) {
+        struct wchunk *c = ctx->spare;
+        ctx->spare = c->next;
+        free(c);
+    }
     free(ctx->pending);
     free(ctx->rbuf);
     free(ctx);
@@ -351,11 +356,35 @@ void iop__stream_fail(iop_stream *s, int err)
 
 /* ---- the write queue --------------------------------------------------- */
 
-void iop__chunk_free(struct wchunk *c)
+#define SPARE_MAX 64
+
+/* Completion streams queue every reply, so a 16 KiB chunk per message
+ * would go through malloc and free; a few spares per context avoid that. */
+void iop__chunk_free(iop_stream_ctx *ctx, struct wchunk *c)
 {
     if (c->is_file && c->file_close)
         close(c->file_fd);
+    if (!c->is_file && c->cap == CHUNK_MIN && ctx->nspare < SPARE_MAX) {
+        c->next = ctx->spare;
+        ctx->spare = c;
+        ctx->nspare++;
+        return;
+    }
     free(c);
+}
+
+static struct wchunk *chunk_new(iop_stream_ctx *ctx, size_t cap)
+{
+    struct wchunk *c = ctx->spare;
+    if (cap == CHUNK_MIN && c) {
+        ctx->spare = c->next;
+        ctx->nspare--;
+    } else if (!(c = malloc(sizeof *c + cap))) {
+        return NULL;
+    }
+    memset(c, 0, sizeof *c);
+    c->cap = (uint32_t)cap;
+    return c;
 }
 
 static int queue_bytes(iop_stream *s, const char *p, size_t len)
@@ -374,12 +403,10 @@ static int queue_bytes(iop_stream *s, const char *p, size_t len)
         size_t cap = len > CHUNK_MIN ? len : CHUNK_MIN;
         if (cap > UINT32_MAX / 2)
             cap = UINT32_MAX / 2;
-        struct wchunk *c = malloc(sizeof *c + cap);
+        struct wchunk *c = chunk_new(s->ctx, cap);
         if (!c)
             return -ENOMEM;
         size_t n = len < cap ? len : cap;
-        memset(c, 0, sizeof *c);
-        c->cap = (uint32_t)cap;
         c->len = (uint32_t)n;
         memcpy(c->data, p, n);
         if (s->wtail)
@@ -503,7 +530,7 @@ void iop__stream_consumed(iop_stream *s, size_t n)
         s->whead = c->next;
         if (!s->whead)
             s->wtail = NULL;
-        iop__chunk_free(c);
+        iop__chunk_free(s->ctx, c);
     }
     if (s->ctx->cfg.idle_timeout_ms)
         iop__stream_touch(s);
@@ -577,7 +604,7 @@ void iop__stream_done(iop_stream *s)
     while (s->whead) {
         struct wchunk *c = s->whead;
         s->whead = c->next;
-        iop__chunk_free(c);
+        iop__chunk_free(s->ctx, c);
     }
     s->wtail = NULL;
     s->queued = 0;

@@ -38,8 +38,7 @@ struct wchunk {
 #define SF_EOF_OWED   0x4000u /* completion: EOF came while reading was stopped */
 #define SF_END        0x8000u /* close once the queue has drained */
 
-struct usend;   /* complete.c: an in-flight sendmsg */
-struct usplice; /* complete.c: the pipe and ops of a file transfer */
+struct comp_extra; /* complete.c */
 
 struct iop_stream {
     void *data;
@@ -56,9 +55,9 @@ struct iop_stream {
         struct {   /* completion */
             int fd;
             iop_op recv;
-            struct usend *send;
-            struct usplice *splice;
-            struct wchunk *stash; /* bytes received while reading was stopped */
+            /* In-flight send, file transfer, stashed bytes: allocated while
+             * any of them exists, so an idle stream stays small. */
+            struct comp_extra *x;
         } c;
     } u;
 };
@@ -72,6 +71,8 @@ struct iop_stream_ctx {
     iop_bufring *ring; /* completion: the shared provided buffers */
     iop_stream *idle_head, *idle_tail;
     iop_timer idle_timer;
+    struct wchunk *spare; /* freed CHUNK_MIN chunks kept for reuse */
+    unsigned nspare;
     iop_stream **pending; /* streams with deferred work */
     size_t npending, cappending;
     iop_defer defer;
@@ -90,7 +91,7 @@ void iop__stream_deliver(iop_stream *s, ssize_t n, const char *buf);
 void iop__stream_consumed(iop_stream *s, size_t n);
 void iop__stream_drained(iop_stream *s);
 void iop__stream_done(iop_stream *s);
-void iop__chunk_free(struct wchunk *c);
+void iop__chunk_free(iop_stream_ctx *ctx, struct wchunk *c);
 
 /* ready.c and complete.c: the same verbs, one engine each. */
 int iop__ready_open(iop_stream *s, int fd);
