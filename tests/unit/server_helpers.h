@@ -109,7 +109,9 @@ static inline void fixture_start_addrs(struct fixture *f, const struct iop_test_
         CHECK_OK(iop_server_addr(f->srv, (size_t)i, &f->addr[i]));
     }
     f->rc = -1;
-    if (cfg.model == IOP_MODEL_FORK)
+    /* Worker processes, like the fork model's children, would inherit the
+     * test's client sockets if the server ran in the test's process. */
+    if (cfg.model == IOP_MODEL_FORK || cfg.processes > 0)
         fixture_fork(f);
     else
         CHECK(pthread_create(&f->thread, NULL, fixture_main, f) == 0);

@@ -30,22 +30,6 @@ static struct iop_server_config up_config(void)
         .model = IOP_MODEL_EVENT, .handler = &up_handler, .grace_ms = 3000};
 }
 
-/* The same as fixture_fork, for a server with worker processes: they would
- * inherit the test's client sockets if the server ran in the test. */
-static void start_in_process(struct fixture *f, const struct iop_test_backend *be,
-                             struct iop_server_config cfg, const char *const *addrs, int n)
-{
-    memset(f, 0, sizeof *f);
-    cfg.backend = be->kind;
-    cfg.loop_flags = be->flags;
-    CHECK_OK(iop_server_new(&f->srv, &cfg));
-    for (int i = 0; i < n; i++) {
-        CHECK_EQ(iop_server_listen(f->srv, addrs[i]), i);
-        CHECK_OK(iop_server_addr(f->srv, (size_t)i, &f->addr[i]));
-    }
-    fixture_fork(f);
-}
-
 static void expect_upper(int fd, const char *msg)
 {
     size_t n = strlen(msg);
@@ -150,7 +134,7 @@ IOP_TEST(processes_and_workers, be)
     cfg.processes = 2;
     const char *addrs[] = {"127.0.0.1:0", "udp:127.0.0.1:0"};
     struct fixture f;
-    start_in_process(&f, be, cfg, addrs, 2);
+    fixture_start_addrs(&f, be, cfg, addrs, 2);
     int fds[20];
     for (int i = 0; i < 20; i++)
         fds[i] = client(&f, 0);
@@ -167,7 +151,7 @@ IOP_TEST(dead_worker_process_is_restarted, be)
     struct iop_server_config cfg = up_config();
     cfg.processes = 1;
     struct fixture f;
-    start_in_process(&f, be, cfg, (const char *const[]){"127.0.0.1:0"}, 1);
+    fixture_start(&f, be, cfg, 1);
     int fd = client(&f, 0);
     expect_upper(fd, "first");
     /* The worker is the only child of the supervising process. */
