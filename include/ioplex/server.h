@@ -111,6 +111,7 @@ struct iop_server_config {
     unsigned idle_timeout_ms; /* close a connection idle that long; 0: never */
     unsigned grace_ms;        /* graceful stop: at most this long; 0: 10000 */
     size_t high_water;        /* write queue mark per connection; 0: 1 MiB */
+    size_t stack_size;        /* coro: stack per connection; 0: 64 KiB */
     const struct iop_handler *handler;
     void *data; /* iop_server_data(), handed to every callback's conn */
     /* Diagnostics (a line, no newline): EMFILE, worker died, ... NULL: silent. */
@@ -121,8 +122,7 @@ struct iop_server_config {
 /* A server with no listeners yet.  cfg is copied (handler and data are
  * pointers kept as given).  -EINVAL: no handler, the model's required
  * callback (on_data for event, handle for the others) is missing, or
- * workers > 1 with a blocking model.  -ENOTSUP: IOP_MODEL_CORO, whose
- * coroutine layer this build does not have yet. */
+ * workers > 1 with a blocking model. */
 int iop_server_new(iop_server **out, const struct iop_server_config *cfg);
 
 /* Bind a listener now (so the caller can report it, and so that a busy

@@ -45,6 +45,7 @@ size_t serve_opts_table(struct serve_opts *o, struct opt *tab)
         {"workers", 0, OPT_INT, &o->workers, 1, MAX_THREADS_X_PROCS, NULL},
         {"processes", 0, OPT_INT, &o->processes, 1, MAX_THREADS_X_PROCS, NULL},
         {"max-conns", 0, OPT_INT, &o->max_conns, 1, INT_MAX, NULL},
+        {"stack-size", 0, OPT_INT, &o->stack_kib, 16, 65536, NULL},
         {"idle-timeout", 0, OPT_STR, &o->idle_timeout, 0, 0, NULL},
         {"grace", 0, OPT_STR, &o->grace, 0, 0, NULL},
         {"quiet", 0, OPT_FLAG, &o->quiet, 0, 0, NULL},
@@ -66,6 +67,7 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
             "      --workers N          reactor threads, event and coro models [1]\n"
             "      --processes N        pre-forked worker processes [none]\n"
             "      --max-conns N        open connections at most [10000]\n"
+            "      --stack-size KIB     coroutine stack per connection, coro model [64]\n"
             "      --idle-timeout SECS  close a connection idle that long, 0: never [%s]\n"
             "      --grace SECS         graceful stop lasts at most this long [10]\n"
             "      --quiet              no access log\n"
@@ -133,6 +135,10 @@ static int check_model(const char *prog, const struct serve_opts *o, int model)
         fprintf(stderr, "%s: --workers needs the event or coro model, not %s\n", prog, o->model);
         return -1;
     }
+    if (o->stack_kib && model != IOP_MODEL_CORO) {
+        fprintf(stderr, "%s: --stack-size needs the coro model, not %s\n", prog, o->model);
+        return -1;
+    }
     long w = o->workers ? o->workers : 1, p = o->processes ? o->processes : 1;
     if (w * p > MAX_THREADS_X_PROCS) {
         fprintf(stderr, "%s: --workers x --processes is %ld, at most %d\n", prog, w * p,
@@ -163,6 +169,7 @@ int serve_config(const char *prog, struct serve_opts *o, const struct serve_defa
     cfg->workers = (unsigned)o->workers;
     cfg->processes = (unsigned)o->processes;
     cfg->max_conns = o->max_conns ? (unsigned)o->max_conns : 10000;
+    cfg->stack_size = (size_t)o->stack_kib * 1024;
     cfg->log = serve_log;
     return 0;
 }
@@ -216,9 +223,7 @@ static int server_create(const char *prog, const struct serve_opts *o,
                          const struct iop_server_config *cfg, iop_server **srv)
 {
     int rc = iop_server_new(srv, cfg);
-    if (rc == -ENOTSUP && cfg->model == IOP_MODEL_CORO)
-        fprintf(stderr, "%s: --model coro is not in this build yet\n", prog);
-    else if (rc < 0)
+    if (rc < 0)
         fprintf(stderr, "%s: cannot create the server (--model %s): %s\n", prog, o->model,
                 iop_strerror(rc));
     return rc;

@@ -27,7 +27,7 @@
 #include "ioplex/server.h"
 
 #define SERVE_MAX_LISTEN 64
-#define SERVE_NOPTS      11 /* entries serve_opts_table() writes */
+#define SERVE_NOPTS      12 /* entries serve_opts_table() writes */
 
 /* The common options as typed (strings are checked by serve_config). */
 struct serve_opts {
@@ -39,6 +39,7 @@ struct serve_opts {
     const char *grace;        /* NULL: 10 s */
     int edge, quiet, help;
     long workers, processes, max_conns; /* 0: not given */
+    long stack_kib;                     /* coro stack, KiB; 0: 64 */
 };
 
 /* What differs between subcommands. */

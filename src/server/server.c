@@ -1,6 +1,6 @@
 /* server.c - the server object: listeners, worker processes, shutdown, and
  * the datagram listeners every model serves.  The models themselves are in
- * event.c and blocking.c. */
+ * event.c, coro_model.c and blocking.c. */
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -52,13 +52,12 @@ static int check_config(const struct iop_server_config *cfg)
         return -EINVAL;
     if (cfg->model == IOP_MODEL_EVENT && !h->on_data && !h->on_datagram)
         return -EINVAL;
-    if (blocking_model(cfg->model) && !h->handle && !h->on_datagram)
+    if ((blocking_model(cfg->model) || cfg->model == IOP_MODEL_CORO) && !h->handle &&
+        !h->on_datagram)
         return -EINVAL;
     /* Worker threads are reactors: the blocking models have none. */
     if (blocking_model(cfg->model) && cfg->workers > 1)
         return -EINVAL;
-    if (cfg->model == IOP_MODEL_CORO)
-        return -ENOTSUP; /* the coroutine layer is issue #6 */
     if ((size_t)(cfg->workers ? cfg->workers : 1) * (cfg->processes ? cfg->processes : 1) >
         MAX_SOCKETS)
         return -EINVAL;
@@ -292,6 +291,8 @@ static int run_model(iop_server *srv)
 {
     if (srv->cfg.model == IOP_MODEL_EVENT)
         return iop__event_run(srv);
+    if (srv->cfg.model == IOP_MODEL_CORO)
+        return iop__coro_run(srv);
     return iop__blocking_run(srv);
 }
 

@@ -4,6 +4,8 @@
  *              shutdown, and the datagram listeners every model serves
  * event.c      the event model: reactors (one per worker thread), each with
  *              an acceptor and a stream context per stream listener
+ * coro_model.c the coro model: reactors like event.c, a coroutine per
+ *              connection running the blocking-style handler
  * blocking.c   iterative, thread and fork: an accept loop on one reactor,
  *              handle() run inline, on a thread or in a child process; and
  *              the blocking iop_conn calls
@@ -75,5 +77,6 @@ void iop__server_dgram_stop(iop_server *srv, iop_dgram **handles);
 /* The models. */
 int iop__event_run(iop_server *srv);
 int iop__blocking_run(iop_server *srv);
+int iop__coro_run(iop_server *srv);
 
 #endif

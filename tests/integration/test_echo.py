@@ -38,7 +38,7 @@ BACKENDS = {
     "uring": ["--backend", "uring"],
     "uring-edge": ["--backend", "uring", "--edge"],
 }
-MODELS = ["event", "iterative", "thread", "fork"]
+MODELS = ["event", "iterative", "thread", "fork", "coro"]
 E = ["--backend", "epoll"]  # the full matrix runs on the event model with epoll
 
 
@@ -683,6 +683,11 @@ def t_sigint():
     graceful("event", signal.SIGINT)
 
 
+def t_coro_stack_size():
+    with Server(*E, "--model", "coro", "--stack-size", "32") as srv:
+        check_raw(srv, srv.addrs[0], "coro --stack-size 32")
+
+
 def t_help():
     r = subprocess.run([EXE, "echo", "--help"], capture_output=True, text=True, timeout=T)
     check(r.returncode == 0 and "usage: ioplex echo" in r.stdout and r.stderr == "",
@@ -716,7 +721,7 @@ BAD = [
     ["--max-line", "10"], ["--max-frame", "10"], ["--lines", "--max-line", "0"],
     ["--lines", "--max-line", "ten"], ["--framed", "--max-frame", "-5"],
     ["--workers", "2", "--model", "iterative"], ["--workers", "2", "--model", "thread"],
-    ["--workers", "1", "--model", "fork"], ["--model", "coro"], ["--model", "actor"],
+    ["--workers", "1", "--model", "fork"], ["--model", "actor"],
     ["--backend", "kqueue"], ["--edge", "--backend", "select"], ["--edge", "--backend", "poll"],
     ["--workers", "0"], ["--workers", "x"], ["--processes", "0"], ["--max-conns", "0"],
     ["--max-conns", "-3"], ["--workers", "64", "--processes", "64"],
@@ -725,6 +730,8 @@ BAD = [
     ["-l", "nonsense"], ["-l", "127.0.0.1:99999"], ["-l", "1.2.3:80"], ["-l", "::1:80"],
     ["-l", "192.0.2.1:0"], ["-l", "unix:/nonexistent-dir/x.sock"], ["-l", "unix:"],
     ["-l", "127.0.0.1:0", "-l", "127.0.0.1:99999"],
+    ["--stack-size", "128"], ["--model", "coro", "--stack-size", "8"],
+    ["--model", "coro", "--stack-size", "big"],
 ]
 
 
@@ -798,16 +805,17 @@ def cases():
         out.append((f"graceful {m}", lambda m=m: graceful(m)))
         out.append((f"second signal {m}", lambda m=m: second_signal(m)))
     out.append(("graceful uring/event", lambda: graceful("event", backend="uring")))
-    for m in ("event", "thread", "fork"):
+    for m in ("event", "thread", "fork", "coro"):
         out.append((f"max-conns {m}", lambda m=m: max_conns(m)))
     out.append(("max-conns uring/event", lambda: max_conns("event", "uring")))
     out.append(("max-conns select/event", lambda: max_conns("event", "select")))
-    for m in ("event", "thread", "iterative", "fork"):
+    for m in ("event", "thread", "iterative", "fork", "coro"):
         out.append((f"idle-timeout {m}", lambda m=m: idle_timeout(m)))
     out.append(("idle-timeout uring-edge/event", lambda: idle_timeout("event", "uring-edge")))
     out.append(("processes", lambda: processes()))
     out.append(("processes workers", lambda: processes("--workers", "2")))
     out.append(("processes thread", lambda: processes("--model", "thread")))
+    out.append(("processes coro workers", lambda: processes("--model", "coro", "--workers", "2")))
     for args in BAD:
         out.append((f"bad {args}", lambda args=args: bad(*args)))
     return out

@@ -1,7 +1,8 @@
 /* test_server_blocking.c - the blocking-style handler under the iterative,
- * thread and fork models (src/server/blocking.c, conn.c).
+ * thread, fork and coro models (src/server/blocking.c, coro_model.c,
+ * conn.c).
  *
- * Each test loops over the three models.  The server runs on a thread of
+ * Each test loops over the four models.  The server runs on a thread of
  * the test (server_helpers.h); the backend of the variant only drives its
  * accept loop.  Handlers answer through the socket, so that the checks
  * hold for fork children too. */
@@ -13,7 +14,7 @@
 
 #include "server_helpers.h"
 
-static const int models[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_FORK};
+static const int models[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_FORK, IOP_MODEL_CORO};
 #define NMODELS (sizeof models / sizeof models[0])
 
 /* Set before a server starts (fork children inherit it). */
