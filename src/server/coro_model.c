@@ -52,6 +52,7 @@ struct cconn {
     struct cconn *prev, *next; /* wk->conns */
     int parked;                /* in co_wait, yielded to the loop */
     int done;                  /* body returned: fd closed, waiting for reap */
+    int drained;               /* the last recv was short: the socket is empty */
 };
 
 struct cw {
@@ -129,6 +130,7 @@ static void conn_finished(struct cconn *cc)
     struct cw *wk = cc->wk;
     iop_server *srv = wk->srv;
     cc->done = 1;
+    iop_io_stop(&cc->io);
     close(cc->conn.fd);
     wk->live--;
     if (iop_defer_start(wk->loop, &cc->reap, reap_cb) < 0)
@@ -146,7 +148,6 @@ static void conn_resume(struct cconn *cc, int rc)
     if (!cc->parked)
         return;
     cc->parked = 0;
-    iop_io_stop(&cc->io);
     iop_timer_stop(&cc->idle);
     int r = iop_coro_resume(cc->co, (void *)(intptr_t)rc, NULL);
     if (r == 1)
@@ -172,22 +173,28 @@ static int co_wait(iop_conn *c, unsigned events)
         c->cancelled = 1;
         return -ECANCELED;
     }
-    iop_io_init(&cc->io, c->fd, io_cb);
-    cc->io.data = cc;
-    int rc = iop_io_start(wk->loop, &cc->io, (events & (IOP_READ | IOP_WRITE)) | IOP_LEVEL);
+    /* The watcher lives as long as the connection and only changes its
+     * interest: a wait costs no system call on epoll.  Its reports while
+     * the coroutine is not parked are ignored (conn_resume). */
+    unsigned want = events & (IOP_READ | IOP_WRITE);
+    int rc = 0;
+    if (!cc->io.active) {
+        iop_io_init(&cc->io, c->fd, io_cb);
+        cc->io.data = cc;
+        rc = iop_io_start(wk->loop, &cc->io, want | IOP_LEVEL);
+    } else if ((cc->io.events & (IOP_READ | IOP_WRITE)) != want) {
+        rc = iop_io_modify(&cc->io, want | IOP_LEVEL);
+    }
     if (rc < 0)
         return rc;
     unsigned idle = wk->srv->cfg.idle_timeout_ms;
-    if (idle && (rc = iop_timer_start(wk->loop, &cc->idle, idle, 0)) < 0) {
-        iop_io_stop(&cc->io);
+    if (idle && (rc = iop_timer_start(wk->loop, &cc->idle, idle, 0)) < 0)
         return rc;
-    }
     cc->parked = 1;
     void *in = NULL;
     rc = iop_coro_yield(NULL, &in);
     if (rc < 0) { /* not in a coroutine: cannot happen */
         cc->parked = 0;
-        iop_io_stop(&cc->io);
         iop_timer_stop(&cc->idle);
         return rc;
     }
@@ -197,8 +204,24 @@ static int co_wait(iop_conn *c, unsigned events)
     return rc;
 }
 
+/* After a short read the socket is almost surely empty: park first instead
+ * of paying for a recv that says EAGAIN.  If bytes did come meanwhile, the
+ * level-triggered watcher reports them at once. */
+static ssize_t co_recv(iop_conn *c, void *buf, size_t len)
+{
+    struct cconn *cc = (struct cconn *)c;
+    if (cc->drained) {
+        int rc = co_wait(c, IOP_READ);
+        if (rc < 0)
+            return rc;
+    }
+    ssize_t n = iop__conn_recv_ready(c, buf, len);
+    cc->drained = n > 0 && (size_t)n < len;
+    return n;
+}
+
 static const struct iop__conn_ops co_ops = {
-    .recv = iop__conn_recv_ready,
+    .recv = co_recv,
     .send = iop__conn_send_ready,
     .wait = co_wait,
 };
