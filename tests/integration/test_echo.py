@@ -866,12 +866,12 @@ def main():
     fails = 0
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ioplex-echo-") as TMP:
-        todo = [c for c in cases() if a.k in c[0]]
+        selected = [c for c in cases() if a.k in c[0]]
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.j) as pool:
-            for name, status, note in pool.map(lambda c: run_case(*c), todo):
+            for name, status, note in pool.map(lambda c: run_case(*c), selected):
                 print(f"{status:4} {name}  {note}", flush=True)
                 fails += status == "FAIL"
-    print(f"{len(todo)} cases, {fails} failed, {time.monotonic() - t0:.0f} s")
+    print(f"{len(selected)} cases, {fails} failed, {time.monotonic() - t0:.0f} s")
     return 1 if fails else 0
 
 
