@@ -58,8 +58,6 @@ struct cconn {
 struct cw {
     iop_server *srv;
     unsigned index;
-    pthread_t thread;
-    int thread_started;
     iop_loop *loop;
     iop_async wake;
     iop_timer grace;
@@ -451,13 +449,7 @@ int iop__coro_run(iop_server *srv)
         srv->notify = notify_workers;
         if (atomic_load(&srv->stopping))
             notify_workers(srv);
-        for (unsigned w = 1; w < m.n; w++)
-            m.workers[w].thread_started =
-                pthread_create(&m.workers[w].thread, NULL, worker_main, &m.workers[w]) == 0;
-        worker_main(&m.workers[0]);
-        for (unsigned w = 1; w < m.n; w++)
-            if (m.workers[w].thread_started)
-                pthread_join(m.workers[w].thread, NULL);
+        iop__server_run_workers(m.workers, sizeof(struct cw), m.n, worker_main);
         iop__server_quiesce(srv);
         srv->model = NULL;
         for (unsigned w = 0; w < m.n && rc == 0; w++)

@@ -287,6 +287,20 @@ int iop_server_handle_signals(iop_server *srv)
 
 /* ---- running ----------------------------------------------------------- */
 
+void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*fn)(void *))
+{
+    pthread_t *th = n > 1 ? calloc(n, sizeof *th) : NULL;
+    unsigned char *started = n > 1 ? calloc(n, 1) : NULL;
+    for (unsigned w = 1; w < n && th && started; w++)
+        started[w] = pthread_create(&th[w], NULL, fn, (char *)workers + (size_t)w * stride) == 0;
+    fn(workers);
+    for (unsigned w = 1; w < n && th && started; w++)
+        if (started[w])
+            pthread_join(th[w], NULL);
+    free(th);
+    free(started);
+}
+
 static int run_model(iop_server *srv)
 {
     if (srv->cfg.model == IOP_MODEL_EVENT)

@@ -74,6 +74,12 @@ void iop__server_log(const iop_server *srv, const char *fmt, ...)
 int iop__server_dgram_start(iop_server *srv, iop_loop *loop, unsigned w, iop_dgram **handles);
 void iop__server_dgram_stop(iop_server *srv, iop_dgram **handles);
 
+/* Run fn on each of n worker structs (stride bytes apart): the first on
+ * this thread, the others on threads of their own; returns when all have.
+ * A worker whose thread cannot start does not run (its loop is then torn
+ * down unrun by the caller). */
+void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*fn)(void *));
+
 /* The models. */
 int iop__event_run(iop_server *srv);
 int iop__blocking_run(iop_server *srv);
