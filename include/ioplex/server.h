@@ -87,6 +87,10 @@ struct iop_handler {
     void (*on_drain)(iop_stream *s);
     /* The connection is gone; free what iop_stream_data() points to. */
     void (*on_close)(iop_stream *s);
+    /* A graceful stop began.  NULL: iop_stream_end() (finish sending what
+     * is queued, then close).  A protocol with requests ends idle
+     * connections here and lets the one in flight finish (within grace). */
+    void (*on_stop)(iop_stream *s);
 
     /* ---- blocking style (ITERATIVE, THREAD, FORK, CORO) ---- */
     /* verify_request: non-zero refuses the connection (closed at once). */
@@ -147,6 +151,11 @@ int iop_server_run(iop_server *srv);
 /* Graceful stop; a second call stops at once.  Any thread; async-signal-
  * safe. */
 void iop_server_shutdown(iop_server *srv);
+/* 0 while serving, 1 once a graceful stop began, 2 when stopping now.  Any
+ * thread. */
+int iop_server_stopping(const iop_server *srv);
+/* The model the server runs (IOP_MODEL_*). */
+int iop_server_model(const iop_server *srv);
 
 /* SIGINT and SIGTERM stop the server gracefully, a second one at once;
  * worker processes get the signal forwarded.  Call before iop_server_run. */
@@ -192,6 +201,13 @@ ssize_t iop_conn_readline(iop_conn *c, char *buf, size_t max);
 int iop_conn_sendfile(iop_conn *c, int fd, off_t off, size_t len);
 /* Shut the write side (FIN); reading goes on. */
 int iop_conn_shutdown(iop_conn *c);
+/* Between requests: while idle is set, a graceful stop ends the
+ * connection's waits at once (-ECANCELED) instead of letting them run to
+ * the grace limit, so idle keep-alive connections do not delay the exit. */
+void iop_conn_set_idle(iop_conn *c, int idle);
+/* The timeout of each following wait, in ms (a header deadline, say);
+ * 0: the server's idle_timeout_ms again. */
+void iop_conn_set_timeout(iop_conn *c, unsigned ms);
 int iop_conn_fd(const iop_conn *c);
 
 #ifdef __cplusplus

@@ -112,7 +112,16 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
  * with it (sent, failed or stream closed); otherwise the caller must keep it
  * open until then (on_drain / on_close).  Return as iop_stream_write. */
 #define IOP_SENDFILE_CLOSE 0x01u
+/* With IOP_SENDFILE_DUP the stream keeps a dup(2) of file_fd if it cannot
+ * send the range within the call, so the caller may close (or cache and
+ * share) its fd as soon as the call returns. */
+#define IOP_SENDFILE_DUP 0x02u
 int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags);
+/* A response in one call: the iov bytes (copied if queued), then the file
+ * range.  On readiness backends with nothing queued both go at once, the
+ * bytes with MSG_MORE, so a small response leaves in one TCP segment. */
+int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
+                         off_t offset, size_t len, unsigned flags);
 
 /* Bytes queued and not yet accepted by the kernel (files count their
  * remaining length). */

@@ -144,10 +144,13 @@ static int blk_wait(iop_conn *c, unsigned events)
 {
     struct blk_conn *bc = (struct blk_conn *)c;
     struct blk *m = bc->m;
-    unsigned idle = c->srv->cfg.idle_timeout_ms;
+    unsigned idle = iop__conn_wait_ms(c);
     uint64_t idle_at = idle ? now_ms() + idle : 0;
     for (;;) {
-        if (c->cancelled || atomic_load(&m->now))
+        /* grace_seen too: a fork child's copy of the server never sees
+         * the parent's stopping state change, only the shared eventfd. */
+        if (c->cancelled || atomic_load(&m->now) || iop__conn_stop_idle(c) ||
+            (c->idle && bc->grace_seen))
             return cancel(bc);
         int grace_over, timeout = wait_timeout(bc, idle_at, &grace_over);
         if (timeout == 0)

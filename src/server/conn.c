@@ -36,6 +36,26 @@ void iop__conn_init(iop_conn *c, iop_server *srv, const struct iop__conn_ops *op
     c->listener = listener;
 }
 
+void iop_conn_set_idle(iop_conn *c, int idle)
+{
+    c->idle = idle != 0;
+}
+
+void iop_conn_set_timeout(iop_conn *c, unsigned ms)
+{
+    c->timeout_ms = ms;
+}
+
+unsigned iop__conn_wait_ms(const iop_conn *c)
+{
+    return c->timeout_ms ? c->timeout_ms : c->srv->cfg.idle_timeout_ms;
+}
+
+int iop__conn_stop_idle(const iop_conn *c)
+{
+    return c->idle && iop_server_stopping(c->srv) != IOP__RUNNING;
+}
+
 void iop__conn_fini(iop_conn *c)
 {
     free(c->rbuf);

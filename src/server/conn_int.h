@@ -45,10 +45,17 @@ struct iop_conn {
     const atomic_int *stop_now; /* non-zero: the server stops now (NULL: none) */
     int fd;                     /* non-blocking, owned by the model */
     int listener;
-    int cancelled; /* a call has returned -ECANCELED */
-    char *rbuf;    /* read-ahead: rbuf[rpos..rlen) not yet handed out */
+    int cancelled;       /* a call has returned -ECANCELED */
+    int idle;            /* iop_conn_set_idle: a graceful stop cancels waits */
+    unsigned timeout_ms; /* iop_conn_set_timeout; 0: cfg.idle_timeout_ms */
+    char *rbuf;          /* read-ahead: rbuf[rpos..rlen) not yet handed out */
     size_t rpos, rlen;
 };
+
+/* The timeout of a wait (0: none), and whether a graceful stop ends the
+ * waits of this connection now. */
+unsigned iop__conn_wait_ms(const iop_conn *c);
+int iop__conn_stop_idle(const iop_conn *c);
 
 /* Fill in c for fd (which must be non-blocking).  No allocation. */
 void iop__conn_init(iop_conn *c, iop_server *srv, const struct iop__conn_ops *ops, int fd,

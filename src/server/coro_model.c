@@ -167,7 +167,7 @@ static int co_wait(iop_conn *c, unsigned events)
 {
     struct cconn *cc = (struct cconn *)c;
     struct cw *wk = cc->wk;
-    if (c->cancelled || atomic_load(&wk->now)) {
+    if (c->cancelled || atomic_load(&wk->now) || iop__conn_stop_idle(c)) {
         c->cancelled = 1;
         return -ECANCELED;
     }
@@ -185,7 +185,7 @@ static int co_wait(iop_conn *c, unsigned events)
     }
     if (rc < 0)
         return rc;
-    unsigned idle = wk->srv->cfg.idle_timeout_ms;
+    unsigned idle = iop__conn_wait_ms(c);
     if (idle && (rc = iop_timer_start(wk->loop, &cc->idle, idle, 0)) < 0)
         return rc;
     cc->parked = 1;
@@ -331,6 +331,11 @@ static void worker_stop(struct cw *wk, int now)
         iop__server_dgram_stop(srv, wk->dgrams);
         if (wk->live > 0)
             (void)iop_timer_start(wk->loop, &wk->grace, srv->cfg.grace_ms, 0);
+        /* Connections idle between requests end now, not at the grace
+         * limit. */
+        for (struct cconn *cc = wk->conns; cc; cc = cc->next)
+            if (!cc->done && cc->conn.idle)
+                conn_resume(cc, -ECANCELED);
     }
     if (now && !wk->now_done)
         cancel_all(wk);

@@ -179,7 +179,11 @@ static void acceptor_closed(iop_acceptor *acc)
 static void end_stream(iop_stream *s, void *arg)
 {
     (void)arg;
-    iop_stream_end(s);
+    const struct iop_handler *h = server_of(s)->cfg.handler;
+    if (h->on_stop)
+        h->on_stop(s);
+    else
+        iop_stream_end(s);
 }
 
 static void close_stream(iop_stream *s, void *arg)

@@ -234,6 +234,16 @@ void iop_server_free(iop_server *srv)
 
 /* ---- stopping ---------------------------------------------------------- */
 
+int iop_server_stopping(const iop_server *srv)
+{
+    return atomic_load(&((iop_server *)(uintptr_t)srv)->stopping);
+}
+
+int iop_server_model(const iop_server *srv)
+{
+    return srv->cfg.model;
+}
+
 void iop_server_shutdown(iop_server *srv)
 {
     int now = atomic_load(&srv->stopping);

@@ -75,31 +75,59 @@ void iop__ready_kick(iop_stream *s)
     interest(s);
 }
 
-static ssize_t send_iov(int fd, const struct iovec *iov, int n)
+static ssize_t send_iov(int fd, const struct iovec *iov, int n, int more)
 {
     /* sendmsg, not writev: only it takes MSG_NOSIGNAL.  send for one
      * buffer: the kernel then skips importing an iovec array. */
     struct msghdr m = {.msg_iov = (struct iovec *)(uintptr_t)iov, .msg_iovlen = (size_t)n};
+    int fl = MSG_NOSIGNAL | MSG_DONTWAIT | (more ? MSG_MORE : 0);
     ssize_t r;
     do
-        r = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, MSG_NOSIGNAL | MSG_DONTWAIT)
-                   : sendmsg(fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        r = n == 1 ? send(fd, iov[0].iov_base, iov[0].iov_len, fl) : sendmsg(fd, &m, fl);
     while (r < 0 && errno == EINTR);
     return r;
 }
 
-int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, size_t *sent)
+int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more, size_t *sent)
 {
     *sent = 0;
     if (iovcnt > IOV_BATCH)
         iovcnt = IOV_BATCH;
-    ssize_t r = send_iov(iop__sfd(s), iov, iovcnt);
+    ssize_t r = send_iov(iop__sfd(s), iov, iovcnt, more);
     if (r < 0)
         return errno == EAGAIN ? 0 : -errno;
     *sent = (size_t)r;
     if (r > 0)
         iop__stream_touch(s);
     return 0;
+}
+
+/* sendfile(2) of *len bytes from *off: 1 when all went, 0 when the socket
+ * is full, -EIO when the file is shorter than promised, -errno. */
+static int send_file(int sock, int fd, off_t *off, size_t *len)
+{
+    while (*len) {
+        size_t n = *len < (1u << 30) ? *len : (1u << 30);
+        ssize_t r = sendfile(sock, fd, off, n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            return errno == EAGAIN ? 0 : -errno;
+        }
+        if (r == 0)
+            return -EIO;
+        *len -= (size_t)r;
+    }
+    return 1;
+}
+
+int iop__ready_try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len)
+{
+    size_t before = *len;
+    int rc = send_file(iop__sfd(s), fd, off, len);
+    if (*len < before)
+        iop__stream_touch(s);
+    return rc < 0 ? rc : 0;
 }
 
 /* Send the queue: 1 when empty, 0 when the kernel is full, -errno. */
@@ -117,9 +145,12 @@ static int flush(iop_stream *s)
         } else {
             struct iovec iov[IOV_BATCH];
             int n = 0;
-            for (struct wchunk *k = c; k && !k->is_file && n < IOV_BATCH; k = k->next)
+            struct wchunk *k = c;
+            for (; k && !k->is_file && n < IOV_BATCH; k = k->next)
                 iov[n++] = (struct iovec){k->data + k->off, k->len - k->off};
-            r = send_iov(iop__sfd(s), iov, n);
+            /* Bytes before a file (a response head): MSG_MORE lets them
+             * leave in one segment with the file's first bytes. */
+            r = send_iov(iop__sfd(s), iov, n, k && k->is_file);
         }
         if (r < 0) {
             if (errno == EINTR)

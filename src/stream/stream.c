@@ -437,6 +437,15 @@ static int full_check(iop_stream *s)
     return 0;
 }
 
+/* A failure inside a call is told through on_read from the deferred phase,
+ * never inside the call. */
+static void fail_later(iop_stream *s, int rc)
+{
+    s->flags |= SF_FAILED;
+    s->err = (int16_t)rc;
+    iop__stream_pend(s);
+}
+
 int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
 {
     int rc = write_state(s);
@@ -446,11 +455,9 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     /* Write first, wait later: with nothing queued, the kernel usually
      * takes the whole reply now and nothing is copied. */
     if (!s->whead && !s->ctx->completion) {
-        rc = iop__ready_try_write(s, iov, iovcnt, &sent);
+        rc = iop__ready_try_write(s, iov, iovcnt, 0, &sent);
         if (rc < 0) {
-            s->flags |= SF_FAILED;
-            s->err = (int16_t)rc;
-            iop__stream_pend(s); /* told through on_read, not inside write */
+            fail_later(s, rc);
             return 0;
         }
     }
@@ -476,29 +483,28 @@ int iop_stream_write(iop_stream *s, const void *buf, size_t len)
     return iop_stream_writev(s, &iov, 1);
 }
 
-int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags)
+static void file_release(int fd, unsigned flags)
 {
-    int rc = write_state(s);
-    if (rc < 0 || file_fd < 0 || offset < 0) {
-        if (flags & IOP_SENDFILE_CLOSE)
-            close(file_fd);
-        return rc < 0 ? rc : -EINVAL;
-    }
-    if (!len) {
-        if (flags & IOP_SENDFILE_CLOSE)
-            close(file_fd);
-        return full_check(s);
+    if (flags & IOP_SENDFILE_CLOSE)
+        close(fd);
+}
+
+static int queue_file(iop_stream *s, int fd, off_t off, size_t len, unsigned flags)
+{
+    if ((flags & (IOP_SENDFILE_DUP | IOP_SENDFILE_CLOSE)) == IOP_SENDFILE_DUP) {
+        if ((fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
+            return -errno;
+        flags |= IOP_SENDFILE_CLOSE;
     }
     struct wchunk *c = calloc(1, sizeof *c);
     if (!c) {
-        if (flags & IOP_SENDFILE_CLOSE)
-            close(file_fd);
+        file_release(fd, flags);
         return -ENOMEM;
     }
     c->is_file = 1;
     c->file_close = (flags & IOP_SENDFILE_CLOSE) != 0;
-    c->file_fd = file_fd;
-    c->file_off = offset;
+    c->file_fd = fd;
+    c->file_off = off;
     c->file_len = len;
     if (s->wtail)
         s->wtail->next = c;
@@ -506,8 +512,66 @@ int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, un
         s->whead = c;
     s->wtail = c;
     s->queued += len;
-    iop__stream_pend(s);
+    return 0;
+}
+
+/* Readiness with an empty queue: the head with MSG_MORE, then the file, at
+ * once.  Returns 0 with *sent / *off / *len advanced, or -errno. */
+static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size_t total,
+                        size_t *sent, int fd, off_t *off, size_t *len)
+{
+    if (iovcnt) {
+        int rc = iop__ready_try_write(s, iov, iovcnt, *len > 0, sent);
+        if (rc < 0 || *sent < total)
+            return rc;
+    }
+    return *len ? iop__ready_try_sendfile(s, fd, off, len) : 0;
+}
+
+int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
+                         off_t offset, size_t len, unsigned flags)
+{
+    int rc = write_state(s);
+    if (rc < 0 || file_fd < 0 || offset < 0 || iovcnt < 0) {
+        file_release(file_fd, flags);
+        return rc < 0 ? rc : -EINVAL;
+    }
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (!s->whead && !s->ctx->completion && (total || len)) {
+        rc = sendfile_now(s, iov, iovcnt, total, &sent, file_fd, &offset, &len);
+        if (rc < 0) {
+            file_release(file_fd, flags);
+            fail_later(s, rc);
+            return 0;
+        }
+    }
+    for (int i = 0; i < iovcnt; i++) {
+        size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
+        sent -= skip;
+        if (iov[i].iov_len > skip && (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip,
+                                                       iov[i].iov_len - skip)) < 0) {
+            file_release(file_fd, flags);
+            return rc;
+        }
+    }
+    if (!len)
+        file_release(file_fd, flags);
+    else if ((rc = queue_file(s, file_fd, offset, len, flags)) < 0)
+        return rc;
+    if (s->whead) {
+        if (s->ctx->completion)
+            iop__stream_pend(s);
+        else
+            iop__ready_kick(s);
+    }
     return full_check(s);
+}
+
+int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags)
+{
+    return iop_stream_sendfilev(s, NULL, 0, file_fd, offset, len, flags);
 }
 
 /* The kernel took n bytes from the head of the queue. */

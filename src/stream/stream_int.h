@@ -100,7 +100,11 @@ void iop__ready_read_stop(iop_stream *s);
 void iop__ready_kick(iop_stream *s); /* queue grew or read resumed */
 void iop__ready_pending(iop_stream *s);
 void iop__ready_close(iop_stream *s);
-int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, size_t *sent);
+int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more,
+                         size_t *sent);
+/* sendfile at once: advances *off, lowers *len; 0 (all sent, or the socket
+ * is full) or -errno. */
+int iop__ready_try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len);
 
 int iop__comp_read_start(iop_stream *s);
 void iop__comp_read_stop(iop_stream *s);

@@ -418,6 +418,63 @@ IOP_TEST(grace_runs_out, be)
     }
 }
 
+/* Answers "ready", then waits for the next line marked idle: a graceful
+ * stop must end that wait at once (-ECANCELED), not at the grace limit. */
+static void idle_handle(iop_conn *c)
+{
+    char buf[64];
+    ssize_t n = iop_conn_readline(c, buf, sizeof buf);
+    if (n > 0 && sendall_str(c, "ready\n") == 0) {
+        iop_conn_set_idle(c, 1);
+        n = iop_conn_recv(c, buf, sizeof buf);
+    }
+    atomic_store(&last_rc, (long)n);
+}
+
+IOP_TEST(graceful_stop_ends_idle_waits, be)
+{
+    static const struct iop_handler h = {.handle = idle_handle};
+    for (size_t k = 0; k < NMODELS; k++) {
+        struct fixture f;
+        fixture_start(&f, be, config(models[k], &h), 1); /* grace: 10 s */
+        int fd = client(&f, 0);
+        atomic_store(&last_rc, 0);
+        puts_(fd, "go\n");
+        expect_line(fd, "ready\n");
+        usleep(20000);
+        fixture_shutdown(&f);
+        CHECK(fixture_join(&f) < 2000);
+        expect_eof(fd);
+        close(fd);
+        if (models[k] != IOP_MODEL_FORK)
+            CHECK_EQ(atomic_load(&last_rc), -ECANCELED);
+    }
+}
+
+/* iop_conn_set_timeout overrides the (absent) idle timeout per wait. */
+static void timeout_handle(iop_conn *c)
+{
+    char buf[64];
+    iop_conn_set_timeout(c, 100);
+    ssize_t n = iop_conn_recv(c, buf, sizeof buf);
+    if (n == -ETIMEDOUT)
+        sendall_str(c, "T\n");
+}
+
+IOP_TEST(conn_set_timeout, be)
+{
+    static const struct iop_handler h = {.handle = timeout_handle};
+    for (size_t k = 0; k < NMODELS; k++) {
+        struct fixture f;
+        fixture_start(&f, be, config(models[k], &h), 1);
+        int fd = client(&f, 0);
+        expect_line(fd, "T\n");
+        expect_eof(fd);
+        close(fd);
+        fixture_stop(&f);
+    }
+}
+
 /* ---- fork: no zombie ----------------------------------------------------- */
 
 IOP_TEST(fork_leaves_no_zombie, be)

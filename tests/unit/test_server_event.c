@@ -236,6 +236,40 @@ IOP_TEST(graceful_stop_answers_in_flight, be)
     close(fd);
 }
 
+/* on_stop replaces the default end: this one sends a goodbye first, and
+ * iop_server_stopping says a stop is under way. */
+static void bye_stop(iop_stream *s)
+{
+    const char *msg = iop_server_stopping(iop_stream_server(s)) == 1 ? "bye" : "???";
+    iop_stream_write(s, msg, 3);
+    iop_stream_end(s);
+}
+
+IOP_TEST(on_stop_hook, be)
+{
+    struct iop_handler h = up_handler;
+    h.on_stop = bye_stop;
+    struct iop_server_config cfg = up_config();
+    cfg.handler = &h;
+    struct fixture f;
+    fixture_start(&f, be, cfg, 1);
+    int fd = client(&f, 0);
+    expect_upper(fd, "warm");
+    CHECK_EQ(iop_server_stopping(f.srv), 0);
+    fixture_shutdown(&f);
+    char buf[4] = {0};
+    size_t have = 0;
+    while (have < 3) {
+        ssize_t r = get_some(fd, buf + have, 3 - have);
+        CHECK(r > 0);
+        have += (size_t)r;
+    }
+    CHECK(!memcmp(buf, "bye", 3));
+    expect_eof(fd);
+    CHECK(fixture_join(&f) < 2000);
+    close(fd);
+}
+
 /* The grace period ends what does not end by itself. */
 static void hold_data(iop_stream *s, const char *buf, size_t n)
 {

@@ -1041,7 +1041,9 @@ static int fd_is_open(int fd)
 }
 
 /* Expected bytes: header (seed 82), then file[off, off+len), then trailer
- * (seed 83); sent as write, sendfile, write, shutdown. */
+ * (seed 83); sent as write, sendfile, write, shutdown.  With IOP_SENDFILE_DUP
+ * in flags, header and file go in one iop_stream_sendfilev and file_fd is
+ * closed right after the call, as a file cache may. */
 static void sendfile_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t off, size_t len,
                           unsigned flags)
 {
@@ -1061,8 +1063,15 @@ static void sendfile_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t o
     fill(expect + sizeof header, 81, (size_t)off, len);
     memcpy(expect + sizeof header + len, trailer, sizeof trailer);
 
-    CHECK(iop_stream_write(c.s, header, sizeof header) >= 0);
-    int rc = iop_stream_sendfile(c.s, file_fd, off, len, flags);
+    int rc;
+    if (flags & IOP_SENDFILE_DUP) {
+        struct iovec h = {header, sizeof header};
+        rc = iop_stream_sendfilev(c.s, &h, 1, file_fd, off, len, flags);
+        close(file_fd);
+    } else {
+        CHECK(iop_stream_write(c.s, header, sizeof header) >= 0);
+        rc = iop_stream_sendfile(c.s, file_fd, off, len, flags);
+    }
     CHECK(rc == 0 || rc == 1);
     note_full(&c, rc);
     CHECK(iop_stream_queued(c.s) <= sizeof header + len);
@@ -1108,6 +1117,21 @@ IOP_TEST_BOTH(sendfile_between_writes)
     CHECK(!fd_is_open(dup_fd));
     /* The file's own position was never used (pwrite left it at 0). */
     CHECK_EQ(lseek(fd, 0, SEEK_CUR), 0);
+    close(fd);
+    iop_test_loop_free(l);
+}
+
+/* iop_stream_sendfilev with IOP_SENDFILE_DUP: the caller's fd is closed at
+ * once, yet the range still arrives whole, large (queued on a dup) or
+ * small (sent within the call). */
+IOP_TEST_BOTH(sendfilev_dup)
+{
+    iop_loop *l = iop_test_loop(be);
+    int fd = make_file();
+    int d1 = fcntl(fd, F_DUPFD_CLOEXEC, 0), d2 = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    CHECK(d1 >= 0 && d2 >= 0);
+    sendfile_case(l, kind, d1, 4093, 2 * MiB + 1, IOP_SENDFILE_DUP);
+    sendfile_case(l, kind, d2, 13, 13, IOP_SENDFILE_DUP);
     close(fd);
     iop_test_loop_free(l);
 }
