@@ -90,6 +90,8 @@ static int epoll_poll(iop_loop *l, int timeout_ms)
 {
     struct epoll_state *st = l->backend_data;
     int n = epoll_wait(st->epfd, st->events, EPOLL_BATCH, timeout_ms);
+    if (timeout_ms != 0)
+        iop_loop_update_time(l); /* callbacks start timers from "now" */
     if (n < 0)
         return errno == EINTR ? 0 : -errno;
     for (int i = 0; i < n; i++) {

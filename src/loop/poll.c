@@ -140,6 +140,8 @@ static int poll_poll(iop_loop *l, int timeout_ms)
 {
     struct poll_state *st = l->backend_data;
     int k = poll(st->pfd, (nfds_t)st->n, timeout_ms);
+    if (timeout_ms != 0)
+        iop_loop_update_time(l); /* callbacks start timers from "now" */
     if (k < 0)
         return errno == EINTR ? 0 : -errno;
     int nready = 0;

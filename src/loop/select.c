@@ -80,6 +80,8 @@ static int select_poll(iop_loop *l, int timeout_ms)
     int nfds = st->maxfd + 1;
     memcpy(st->gen_out, st->gen, (size_t)nfds * sizeof st->gen[0]);
     int k = select(nfds, &st->rd_out, &st->wr_out, NULL, tvp);
+    if (timeout_ms != 0)
+        iop_loop_update_time(l); /* callbacks start timers from "now" */
     if (k < 0)
         return errno == EINTR ? 0 : -errno;
     for (int fd = 0; fd < nfds && k > 0; fd++) {

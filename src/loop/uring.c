@@ -344,6 +344,8 @@ static int uring_poll(iop_loop *l, int timeout_ms)
     }
     struct io_uring_cqe *cqe;
     rc = io_uring_submit_and_wait_timeout(&st->ring, &cqe, 1, tsp, NULL);
+    if (timeout_ms != 0)
+        iop_loop_update_time(l); /* callbacks start timers from "now" */
     /* ETIME: the timeout passed; EINTR: a signal (its handler woke us);
      * EBUSY: the CQ overflowed and the kernel holds the rest for later. */
     if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EBUSY && rc != -EAGAIN)

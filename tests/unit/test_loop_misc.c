@@ -624,3 +624,58 @@ IOP_TEST(uring_refused_by_seccomp, be)
     CHECK_EQ(WEXITSTATUS(status), 0);
 }
 #endif
+
+/* ---- the clock after a wait ------------------------------------------------ */
+
+struct late {
+    iop_io io;
+    iop_timer t;
+    iop_loop *loop;
+    long long started, fired;
+};
+
+static void late_timer(iop_timer *t)
+{
+    struct late *s = t->data;
+    s->fired = iop_test_now_ms();
+}
+
+static void late_io(iop_io *w, unsigned revents)
+{
+    (void)revents;
+    struct late *s = (struct late *)w;
+    char c;
+    CHECK(read(w->fd, &c, 1) == 1);
+    iop_io_stop(w);
+    s->started = iop_test_now_ms();
+    CHECK_OK(iop_timer_start(s->loop, &s->t, 100, 0));
+}
+
+static void *write_later(void *arg)
+{
+    usleep(200000);
+    CHECK(write(*(int *)arg, "x", 1) == 1);
+    return NULL;
+}
+
+/* A timer started by a callback that ran after a long wait counts from when
+ * the callback ran, not from before the wait (the cached clock is renewed
+ * when the wait returns). */
+IOP_TEST(timer_after_long_wait_is_not_early, be)
+{
+    iop_loop *l = iop_test_loop(be);
+    int sv[2];
+    pair(sv);
+    struct late s = {.loop = l};
+    iop_io_init(&s.io, sv[0], late_io);
+    iop_timer_init(&s.t, late_timer);
+    s.t.data = &s;
+    CHECK_OK(iop_io_start(l, &s.io, IOP_READ));
+    pthread_t th;
+    CHECK(pthread_create(&th, NULL, write_later, &sv[1]) == 0);
+    CHECK_EQ(iop_loop_run(l, IOP_RUN_DEFAULT), 0);
+    pthread_join(th, NULL);
+    CHECK(s.fired - s.started >= 95);
+    close_pair(sv);
+    iop_test_loop_free(l);
+}
