@@ -467,6 +467,7 @@ static void begin_stop(struct blk *m)
             iop_acceptor_stop(&m->ls[i].acc, NULL);
         m->ls[i].started = 0;
     }
+    iop__server_refuse(m->srv, 0);
     if (m->dgrams_on)
         iop__server_dgram_stop(m->srv, m->dgrams);
     m->dgrams_on = 0;

@@ -328,6 +328,7 @@ static void worker_stop(struct cw *wk, int now)
         for (size_t i = 0; i < srv->nls; i++)
             if (wk->ls[i].live)
                 iop_acceptor_stop(&wk->ls[i].acc, acceptor_closed);
+        iop__server_refuse(srv, wk->index);
         iop__server_dgram_stop(srv, wk->dgrams);
         if (wk->live > 0)
             (void)iop_timer_start(wk->loop, &wk->grace, srv->cfg.grace_ms, 0);

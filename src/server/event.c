@@ -231,6 +231,7 @@ static void worker_stop(struct worker *wk, int now)
         for (size_t i = 0; i < srv->nls; i++)
             if (wk->acc_live[i])
                 iop_acceptor_stop(&wk->accs[i], acceptor_closed);
+        iop__server_refuse(srv, wk->index);
         iop__server_dgram_stop(srv, wk->dgrams);
         for_all_streams(wk, end_stream);
         if (worker_streams(wk) > 0)

@@ -221,6 +221,13 @@ int iop__listener_fd(const iop_server *srv, size_t i, unsigned w)
     return l->fds[(size_t)srv->proc * srv->nworkers + w];
 }
 
+void iop__server_refuse(iop_server *srv, unsigned w)
+{
+    for (size_t i = 0; i < srv->nls; i++)
+        if (srv->ls[i].kind != IOP_ADDR_UDP)
+            (void)shutdown(iop__listener_fd(srv, i, w), SHUT_RD);
+}
+
 void iop_server_free(iop_server *srv)
 {
     if (!srv || srv->running)

@@ -64,6 +64,11 @@ void iop__server_quiesce(iop_server *srv);
 /* The fd of listener i for worker w of this process. */
 int iop__listener_fd(const iop_server *srv, size_t i, unsigned w);
 
+/* A stop began: shut down worker w's listening sockets, so the kernel
+ * refuses new connections (and resets those still in the backlog) instead
+ * of holding them unanswered until the process exits. */
+void iop__server_refuse(iop_server *srv, unsigned w);
+
 /* Log a line through cfg.log (printf-style). */
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
