@@ -46,6 +46,38 @@ struct iop_echo_config {
  * handler.  Pass cfg as the server's data. */
 int iop_echo_handler(const struct iop_echo_config *cfg, struct iop_handler *h);
 
+/* ---- HTTP/1.1 static files (SPEC §2 `ioplex http`) ---------------------
+ *
+ * GET and HEAD of the files under one directory, for every model: event
+ * connections parse straight from the read buffer and send each file with
+ * sendfile (readiness) or splices (io_uring); blocking-style handlers do
+ * the same through iop_conn.  Nothing outside the directory is ever served:
+ * targets are percent-decoded, dot segments applied (never above the root)
+ * and every file is opened with openat2(RESOLVE_BENEATH), which refuses
+ * symlinks and ".." that lead outside.  Reactor threads keep an open-file
+ * cache (fd, stat, validators) revalidated with fstat on every hit and
+ * reopened after a second, so a changed file is seen at once and a
+ * replaced one within a second. */
+typedef struct iop_http iop_http;
+
+struct iop_http_config {
+    const char *root;           /* the directory served */
+    int no_listing;             /* a directory without index.html: 403 */
+    size_t max_header;          /* request line + headers; 0: 8192 */
+    unsigned header_timeout_ms; /* a head must be complete within; 0: 10000 */
+    /* One Common Log Format line per request, with its newline; NULL: no
+     * access log.  Event workers hand over several lines at once. */
+    void (*access_log)(void *arg, const char *lines, size_t len);
+    void *access_log_arg;
+};
+
+/* Open cfg->root (-ENOTDIR, -ENOENT, ...) and make the server state. */
+int iop_http_new(iop_http **out, const struct iop_http_config *cfg);
+/* Fill *h with the HTTP handler; pass http as the server's data. */
+void iop_http_handler(iop_http *http, struct iop_handler *h);
+/* After the server that used it is freed. */
+void iop_http_free(iop_http *http);
+
 #ifdef __cplusplus
 }
 #endif

@@ -28,7 +28,10 @@ int cli_dispatch(const char *prog, const char *usage, const struct cli_cmd *cmds
                  char **argv);
 
 int cmd_echo(int argc, char **argv);
+int cmd_http(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
 int cmd_bench_loop(int argc, char **argv);
+int cmd_bench_echo(int argc, char **argv);
+int cmd_bench_http(int argc, char **argv);
 
 #endif

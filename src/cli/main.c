@@ -7,7 +7,7 @@
 
 /* A subcommand that a later issue brings has run == NULL until then. */
 static const struct cli_cmd commands[] = {
-    {"http", NULL, "serve a directory over HTTP/1.1"},
+    {"http", cmd_http, "serve a directory over HTTP/1.1"},
     {"echo", cmd_echo, "echo server: raw bytes, lines or length-prefixed frames"},
     {"bench", cmd_bench, "load generators and the event-loop benchmark"},
     {NULL, NULL, NULL},

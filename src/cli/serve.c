@@ -83,7 +83,7 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
 
 /* "0.5" -> 500 ms.  Seconds are decimal, >= 0; a positive value never
  * rounds to 0 ms (0 means "never" or "the default" to the library). */
-static int parse_secs(const char *prog, const char *name, const char *s, unsigned *ms)
+int serve_secs(const char *prog, const char *name, const char *s, unsigned *ms)
 {
     char *end;
     double v = 0;
@@ -156,8 +156,8 @@ int serve_config(const char *prog, struct serve_opts *o, const struct serve_defa
         return -1;
     memset(cfg, 0, sizeof *cfg);
     const char *idle = o->idle_timeout ? o->idle_timeout : d->idle_timeout;
-    if (parse_secs(prog, "idle-timeout", idle, &cfg->idle_timeout_ms) < 0 ||
-        parse_secs(prog, "grace", o->grace ? o->grace : "10", &cfg->grace_ms) < 0)
+    if (serve_secs(prog, "idle-timeout", idle, &cfg->idle_timeout_ms) < 0 ||
+        serve_secs(prog, "grace", o->grace ? o->grace : "10", &cfg->grace_ms) < 0)
         return -1;
     if (cfg->grace_ms == 0)
         cfg->grace_ms = 1; /* 0 is the library's "default": ask for no grace */

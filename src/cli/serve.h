@@ -68,6 +68,9 @@ int serve_config(const char *prog, struct serve_opts *o, const struct serve_defa
  * status: 0 after a stop, 2 if serving could not start (one line). */
 int serve_run(const char *prog, const struct serve_opts *o, const struct iop_server_config *cfg);
 
+/* "--NAME SECS" (a decimal number >= 0) in ms: 0, or -1 (one line). */
+int serve_secs(const char *prog, const char *name, const char *s, unsigned *ms);
+
 /* A diagnostic line (no newline) to stderr as "ioplex: LINE": the log
  * callback of the server and of the protocols.  arg is unused. */
 void serve_log(void *arg, const char *line);

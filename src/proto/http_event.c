@@ -1,0 +1,331 @@
+/* http_event.c - HTTP on the reactor: event-style callbacks on streams.
+ *
+ * Requests are parsed straight from the stream's read buffer; a response
+ * is queued before the next request is looked at, so pipelined requests
+ * are answered in order.  A connection between requests holds no state of
+ * ours at all (stream data NULL): its per-connection record exists only
+ * while a head is incomplete, a body is being thrown away, or reading is
+ * paused because the write queue is full.
+ *
+ * Slowloris: connections inside a head sit on their worker's list in the
+ * order their heads began; one timer closes those past the header
+ * deadline. */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "proto/http_srv.h"
+
+struct hconn {
+    struct http_worker *w;
+    iop_stream *s;
+    char *buf; /* bytes received and not yet handled */
+    size_t len, cap;
+    size_t scan;               /* http_parse_head's resume point */
+    uint64_t body_left;        /* Content-Length bytes still to throw away */
+    struct http_chunked ch;    /* a chunked body being thrown away */
+    uint64_t head_at;          /* loop ms when the current head began */
+    struct hconn *prev, *next; /* the worker's deadline list */
+    unsigned chunked : 1, in_head : 1, listed : 1, paused : 1, stopping : 1, done : 1;
+};
+
+static struct http_worker *worker_of(iop_stream *s)
+{
+    iop_http *http = iop_server_data(iop_stream_server(s));
+    return http_worker_get(http, iop_stream_loop(s));
+}
+
+/* ---- header deadlines ---------------------------------------------------- */
+
+static void unlist(struct hconn *hc)
+{
+    struct http_worker *w = hc->w;
+    if (!hc->listed)
+        return;
+    if (hc->prev)
+        hc->prev->next = hc->next;
+    else
+        w->to_head = hc->next;
+    if (hc->next)
+        hc->next->prev = hc->prev;
+    else
+        w->to_tail = hc->prev;
+    hc->prev = hc->next = NULL;
+    hc->listed = 0;
+    if (!w->to_head)
+        iop_timer_stop(&w->to_timer);
+}
+
+static void deadline_cb(iop_timer *t);
+
+static void arm(struct http_worker *w)
+{
+    if (!w->to_head)
+        return;
+    uint64_t due = w->to_head->head_at + w->http->cfg.header_timeout_ms;
+    uint64_t now = iop_loop_now(w->loop);
+    (void)iop_timer_start(w->loop, &w->to_timer, due > now ? due - now : 0, 0);
+}
+
+static void deadline_cb(iop_timer *t)
+{
+    struct http_worker *w = t->data;
+    uint64_t now = iop_loop_now(w->loop), limit = w->http->cfg.header_timeout_ms;
+    while (w->to_head && w->to_head->head_at + limit <= now) {
+        struct hconn *hc = w->to_head;
+        unlist(hc);
+        hc->done = 1;
+        iop_stream_close(hc->s);
+    }
+    arm(w);
+}
+
+static void list(struct hconn *hc)
+{
+    struct http_worker *w = hc->w;
+    if (hc->listed)
+        return;
+    if (!w->to_timer.cb) {
+        iop_timer_init(&w->to_timer, deadline_cb);
+        w->to_timer.data = w;
+    }
+    hc->prev = w->to_tail;
+    if (w->to_tail)
+        w->to_tail->next = hc;
+    else
+        w->to_head = hc;
+    w->to_tail = hc;
+    hc->listed = 1;
+    if (!iop_timer_active(&w->to_timer))
+        arm(w);
+}
+
+void http_event_worker_fini(struct http_worker *w)
+{
+    w->to_head = w->to_tail = NULL;
+}
+
+/* ---- requests ------------------------------------------------------------ */
+
+/* Send the response to one head.  0: go on; 1: the queue is full, pause;
+ * -1: the stream is ending or closed. */
+static int respond(struct hconn *hc, const struct http_req *req, int err)
+{
+    struct http_worker *w = hc->w;
+    struct http_resp r;
+    http_respond(w, req, err, hc->stopping, &r);
+    struct iovec iov[2] = {{r.head, r.head_len}, {(void *)(uintptr_t)r.body, r.body_len}};
+    int rc;
+    if (r.fd >= 0)
+        rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
+    else
+        rc = iop_stream_writev(hc->s, iov, r.body_len ? 2 : 1);
+    http_log(w, iop_stream_fd(hc->s), req, err, &r);
+    int close = r.close;
+    http_resp_done(w, &r);
+    if (rc < 0) {
+        iop_stream_close(hc->s);
+        return -1;
+    }
+    if (close) {
+        iop_stream_end(hc->s);
+        return -1;
+    }
+    return rc;
+}
+
+/* Throw away body bytes: the bytes used, or -1 after closing the stream. */
+static ssize_t skip_body(struct hconn *hc, const char *p, size_t n)
+{
+    if (hc->body_left) {
+        size_t k = n < hc->body_left ? n : (size_t)hc->body_left;
+        hc->body_left -= k;
+        return (ssize_t)k;
+    }
+    int done = 0;
+    ssize_t k = http_chunked_skip(&hc->ch, p, n, HTTP_BODY_LIMIT, &done);
+    if (k < 0) {
+        iop_stream_close(hc->s); /* the response is out; the body is bad */
+        return -1;
+    }
+    if (done)
+        hc->chunked = 0;
+    return k;
+}
+
+/* Handle what p holds: the bytes used (the rest waits for more input or
+ * for the queue to drain).  Sets hc->done when the stream is finished. */
+static size_t feed(struct hconn *hc, const char *p, size_t n)
+{
+    size_t off = 0;
+    while (off < n && !hc->done) {
+        if (hc->body_left || hc->chunked) {
+            ssize_t k = skip_body(hc, p + off, n - off);
+            if (k < 0) {
+                hc->done = 1;
+                break;
+            }
+            off += (size_t)k;
+            continue;
+        }
+        if (hc->paused)
+            break;
+        struct http_req req;
+        int rc = http_parse_head(p + off, n - off, hc->w->http->cfg.max_header, &hc->scan, &req);
+        if (rc == 0) {
+            if (!hc->in_head) {
+                hc->in_head = 1;
+                hc->head_at = iop_loop_now(hc->w->loop);
+            }
+            break;
+        }
+        hc->scan = 0;
+        hc->in_head = 0;
+        int sent = respond(hc, rc > 0 ? &req : NULL, rc < 0 ? rc : 0);
+        if (sent < 0) {
+            hc->done = 1;
+            break;
+        }
+        off += (size_t)rc;
+        if (req.content_length > 0)
+            hc->body_left = (uint64_t)req.content_length;
+        else if (req.chunked) {
+            hc->chunked = 1;
+            memset(&hc->ch, 0, sizeof hc->ch);
+        }
+        if (sent == 1) {
+            hc->paused = 1;
+            (void)iop_stream_read_stop(hc->s);
+        }
+    }
+    return off;
+}
+
+static int dirty(const struct hconn *hc)
+{
+    return hc->len || hc->body_left || hc->chunked || hc->paused || hc->stopping || hc->in_head;
+}
+
+static int keep(struct hconn *hc, const char *p, size_t n)
+{
+    if (n > hc->cap) {
+        size_t cap = n < 1024 ? 1024 : n;
+        char *b = realloc(hc->buf, cap);
+        if (!b)
+            return -ENOMEM;
+        hc->buf = b;
+        hc->cap = cap;
+    }
+    memmove(hc->buf, p, n);
+    hc->len = n;
+    return 0;
+}
+
+/* After feeding: keep the record (and the unused bytes) only if needed. */
+static void settle(struct hconn *hc, struct hconn *heap)
+{
+    if (hc->done) {
+        if (heap)
+            unlist(heap);
+        return;
+    }
+    if (!dirty(hc)) {
+        if (heap) {
+            unlist(heap);
+            iop_stream_set_data(hc->s, NULL);
+            free(heap->buf);
+            free(heap);
+        }
+        return;
+    }
+    if (!heap) {
+        if (!(heap = malloc(sizeof *heap))) {
+            iop_stream_close(hc->s);
+            return;
+        }
+        *heap = *hc;
+        iop_stream_set_data(hc->s, heap);
+    }
+    if (heap->in_head)
+        list(heap);
+    else
+        unlist(heap);
+}
+
+static void on_data(iop_stream *s, const char *buf, size_t n)
+{
+    struct hconn *heap = iop_stream_data(s);
+    if (!heap) {
+        /* The common case: nothing pending, parse in place. */
+        struct hconn hc = {.w = worker_of(s), .s = s};
+        size_t used = feed(&hc, buf, n);
+        if (!hc.done && used < n && keep(&hc, buf + used, n - used) < 0) {
+            free(hc.buf);
+            iop_stream_close(s);
+            return;
+        }
+        settle(&hc, NULL);
+        if (hc.done || !iop_stream_data(s))
+            free(hc.buf);
+        return;
+    }
+    if (heap->len + n > heap->cap) {
+        size_t cap = heap->len + n;
+        char *b = realloc(heap->buf, cap);
+        if (!b) {
+            iop_stream_close(s);
+            return;
+        }
+        heap->buf = b;
+        heap->cap = cap;
+    }
+    memcpy(heap->buf + heap->len, buf, n);
+    heap->len += n;
+    size_t used = feed(heap, heap->buf, heap->len);
+    if (!heap->done)
+        (void)keep(heap, heap->buf + used, heap->len - used);
+    settle(heap, heap);
+}
+
+static void on_drain(iop_stream *s)
+{
+    struct hconn *hc = iop_stream_data(s);
+    if (!hc || !hc->paused)
+        return;
+    hc->paused = 0;
+    size_t used = feed(hc, hc->buf, hc->len);
+    if (!hc->done) {
+        (void)keep(hc, hc->buf + used, hc->len - used);
+        if (!hc->paused)
+            (void)iop_stream_read_start(s);
+    }
+    settle(hc, hc);
+}
+
+static void on_stop(iop_stream *s)
+{
+    struct hconn *hc = iop_stream_data(s);
+    if (!hc || !(hc->in_head || hc->body_left || hc->chunked || hc->paused)) {
+        iop_stream_end(s); /* between requests: send what is queued, close */
+        return;
+    }
+    hc->stopping = 1; /* the request in flight is answered, then close */
+}
+
+static void on_close(iop_stream *s)
+{
+    struct hconn *hc = iop_stream_data(s);
+    if (!hc)
+        return;
+    unlist(hc);
+    free(hc->buf);
+    free(hc);
+}
+
+void http_event_handler(struct iop_handler *h)
+{
+    h->on_data = on_data;
+    h->on_drain = on_drain;
+    h->on_stop = on_stop;
+    h->on_close = on_close;
+}

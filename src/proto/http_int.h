@@ -1,0 +1,167 @@
+/* http_int.h - the pieces of the HTTP/1.1 static file server (private to
+ * proto).
+ *
+ *   http_parse.c   request heads and chunked bodies: pure functions over
+ *                  bytes, no allocation, fuzzed (tests/fuzz/fuzz_http.c)
+ *   http_util.c    target -> path, containment (openat2), MIME types,
+ *                  dates, ranges, ETags, directory listings
+ *   http.c         the handler: responses, the open-file cache, both
+ *                  handler styles (event and blocking)
+ *
+ * Errors that become a response are negative HTTP status codes (-400,
+ * -404, ...); other errors are negative errno values. */
+#ifndef IOP_PROTO_HTTP_INT_H
+#define IOP_PROTO_HTTP_INT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <time.h>
+
+/* A slice of the request buffer; {NULL, 0} when absent. */
+struct http_str {
+    const char *p;
+    size_t n;
+};
+
+enum http_method {
+    HTTP_M_GET = 1,
+    HTTP_M_HEAD,
+    HTTP_M_KNOWN,   /* a registered method we do not allow: 405 */
+    HTTP_M_UNKNOWN, /* a well-formed token we do not know: 501 */
+};
+
+struct http_req {
+    int method;               /* HTTP_M_* */
+    struct http_str method_s; /* as sent */
+    struct http_str target;   /* as sent: origin-form, absolute-form or "*" */
+    struct http_str line;     /* the request line without its line end (access log) */
+    int minor;                /* HTTP/1.minor: 0, or 1 for any minor >= 1 */
+    unsigned has_host : 1;    /* exactly one Host header */
+    unsigned conn_close : 1;  /* Connection has the "close" token */
+    unsigned conn_keep : 1;   /* Connection has the "keep-alive" token */
+    unsigned chunked : 1;     /* Transfer-Encoding ends in "chunked" */
+    int64_t content_length;   /* -1: no Content-Length */
+    struct http_str if_none_match, if_modified_since, range; /* values, OWS trimmed */
+};
+
+/* Parse one request head at the start of buf[0..len).
+ *
+ * The blank line that ends a head is searched from *scan on (start with
+ * *scan = 0 for a new head; the function advances it), so feeding a head a
+ * byte at a time costs linear time in total; the head is parsed only once
+ * it is complete.  Empty lines before the request line are skipped (and
+ * counted in the head's length).  Lines may end in CRLF or a bare LF.
+ *
+ * Returns the head's length in bytes (through the blank line) and fills
+ * *req; 0 when more bytes are needed (only while len < max_header); or
+ *   -400  malformed: bad request line, bad header line (space before the
+ *         colon, obs-fold, no colon), a NUL or a bare CR anywhere, invalid
+ *         or conflicting Content-Length, Content-Length together with
+ *         Transfer-Encoding, a Transfer-Encoding not ending in chunked,
+ *         HTTP/1.1 without Host (or with two), a target that is empty or
+ *         holds a control character or space
+ *   -414  no complete request line within max_header bytes
+ *   -431  the head is longer than max_header bytes
+ *   -505  a version other than HTTP/1.x
+ * -414 / -431 come as soon as len >= max_header with no end found; other
+ * errors only once the head is complete.  *req is valid only after a
+ * result > 0.  Two Host headers are -400 in HTTP/1.0 too. */
+int http_parse_head(const char *buf, size_t len, size_t max_header, size_t *scan,
+                    struct http_req *req);
+
+/* A chunked body being read and thrown away. */
+struct http_chunked {
+    int state;      /* private; 0 at the start of a body */
+    uint64_t size;  /* private */
+    uint64_t total; /* payload bytes seen so far */
+};
+
+/* Consume the next bytes of a chunked body (chunk extensions and trailers
+ * are skipped).  Returns the bytes consumed (< len only when the body
+ * ended: *done is then 1 and the rest belongs to the next request), or
+ * -400 for a malformed body (also a chunk-size line over 4096 bytes or
+ * trailers over 8192), -413 as soon as a chunk size would take the
+ * payload past limit. */
+ssize_t http_chunked_skip(struct http_chunked *c, const char *buf, size_t len, uint64_t limit,
+                          int *done);
+
+/* ---- http_util.c ---------------------------------------------------------- */
+
+/* Split a request target into its path and query (without the '?'; the
+ * fragment, if a client sent one, is dropped).  absolute-form
+ * ("http://host:port/p?q", scheme case-insensitive, http or https) yields
+ * its path ("/" when it has none).  0, or -400 when the target is neither
+ * origin-form nor absolute-form ("*" included). */
+int http_target_split(const char *t, size_t n, struct http_str *path, struct http_str *query);
+
+/* The raw path (from http_target_split) to a path relative to the served
+ * directory: percent-decoded, empty and "." segments dropped, ".."
+ * segments applied.  out gets the segments joined by '/', no leading or
+ * trailing slash, "" for the root; NUL-terminated.  *dir_form is set to 1
+ * when the raw path ends in '/', in a "." or ".." segment, or the result
+ * is the root.  Returns the length of
+ * out, or -400 for a bad escape, %00 or a NUL, -404 when ".." would climb
+ * above the root, -414 when out (outsz bytes with its NUL) is too small.
+ * Decoding comes before dot segments: "%2e%2e" is "..", "%2f" a
+ * separator, and neither can climb out. */
+int http_path_resolve(const char *raw, size_t n, char *out, size_t outsz, int *dir_form);
+
+/* Open rel (from http_path_resolve; "" is the root itself) beneath rootfd:
+ * openat2 with RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, so that no symlink
+ * or ".." leads out of the directory (a symlink inside that stays inside is
+ * followed).  Where openat2 is missing (ENOSYS), each component is opened
+ * with O_NOFOLLOW and a symlink is refused.  flags: O_RDONLY plus e.g.
+ * O_DIRECTORY; O_CLOEXEC is added.  An fd, or -errno (-EXDEV or -ELOOP:
+ * escaping or refused symlink; -ENOENT, -EACCES, -ENOTDIR, ...). */
+int http_open_beneath(int rootfd, const char *rel, int flags);
+
+/* The Content-Type for a file name, by its extension (case-insensitive)
+ * from /etc/mime.types, loaded once per process on first use (thread-safe);
+ * "application/octet-stream" when unknown.  Returned exactly as the table
+ * has it (no charset added). */
+const char *http_mime_type(const char *name, size_t len);
+/* The table from another file (tests); NULL: /etc/mime.types.  Call
+ * before the first http_mime_type (after it: -EALREADY); 0 or -errno. */
+int http_mime_load(const char *file);
+
+/* IMF-fixdate, "Sun, 06 Nov 1994 08:49:37 GMT": always 29 characters plus
+ * the NUL written to out[30] (years clamped to 1970..9999). */
+#define HTTP_DATE_LEN 29
+void http_date(time_t t, char out[HTTP_DATE_LEN + 1]);
+/* Parse an HTTP date in any of the three forms of RFC 9110 §5.6.7
+ * (IMF-fixdate, RFC 850, asctime).  0, or -EINVAL. */
+int http_date_parse(const char *s, size_t n, time_t *out);
+
+/* A Range header value against a file of size bytes:
+ *   0   serve the whole file: syntax not understood (ignored, as RFC 9110
+ *       allows), not "bytes=", or several ranges
+ *   1   one satisfiable range: *first..*last inclusive, within the file
+ *  -416 one range that no byte of the file satisfies (incl. size 0) */
+int http_range(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last);
+
+/* The strong validator of a file: "\"<hex ino>-<hex size>-<hex mtime ns>\""
+ * (quotes included), NUL-terminated; its length. out needs >= 64 bytes. */
+size_t http_etag(const struct stat *st, char *out);
+/* If-None-Match value against etag: 1 when "*" or any listed tag matches
+ * by the weak comparison (W/ ignored on both sides), else 0. */
+int http_etag_match(const char *list, size_t n, const char *etag, size_t etag_len);
+
+/* An HTML page listing directory dirfd (not closed): title and heading
+ * "Directory listing for DISPLAY" (display: the decoded URL path, e.g.
+ * "/a b/", HTML-escaped here), entries sorted bytewise, "." and ".."
+ * left out, directories (symlinks to directories too) with a trailing
+ * '/', names HTML-escaped in the text and percent-encoded in the href
+ * (everything but unreserved characters).  UTF-8 meta charset.  *body is
+ * malloc'd.  0 or -errno. */
+int http_dir_listing(int dirfd, const char *display, char **body, size_t *len);
+
+/* Escape & < > " ' for HTML.  Returns the length it needs (without NUL);
+ * writes at most outsz bytes including a NUL (snprintf-like). */
+size_t http_html_escape(const char *s, size_t n, char *out, size_t outsz);
+/* Percent-encode every byte but ALPHA DIGIT - . _ ~ (and '/' when
+ * keep_slash).  snprintf-like as above. */
+size_t http_pct_encode(const char *s, size_t n, int keep_slash, char *out, size_t outsz);
+
+#endif

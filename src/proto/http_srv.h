@@ -1,0 +1,121 @@
+/* http_srv.h - the HTTP server core that both handler styles share
+ * (private to proto).
+ *
+ *   http.c           state, the open-file cache, one request -> one response
+ *   http_event.c     event style: streams, pipelining, header deadlines
+ *   http_blocking.c  blocking style: iop_conn (iterative, thread, fork, coro)
+ *
+ * A worker is the per-thread state of one iop_http: its file cache, its
+ * cached date strings and its access-log buffer.  Reactor threads (event,
+ * coro) keep one for the server's life; a blocking handler uses a
+ * throwaway one without a cache (threads and processes come and go). */
+#ifndef IOP_PROTO_HTTP_SRV_H
+#define IOP_PROTO_HTTP_SRV_H
+
+#include <pthread.h>
+#include <time.h>
+
+#include "ioplex/proto.h"
+#include "proto/http_int.h"
+
+#define HTTP_BODY_LIMIT (1u << 20) /* a GET/HEAD body is thrown away up to this */
+#define HTTP_PATH_BYTES 4096
+#define HTTP_FC_SLOTS   256 /* open-file cache entries per worker */
+
+struct iop_http {
+    int rootfd;
+    struct iop_http_config cfg; /* defaults applied */
+    pthread_mutex_t lock;       /* guards workers */
+    struct http_worker *workers;
+};
+
+/* A cached open file.  refs counts responses still sending from fd (the
+ * blocking style under coro); an entry replaced while held is closed by
+ * its last release. */
+struct fentry {
+    char *path;
+    int fd;
+    unsigned refs;
+    int dead;
+    time_t opened;
+    uint64_t epoch; /* the worker's epoch when last checked */
+    struct stat st;
+    const char *mime;
+    char etag[64];
+    char lastmod[HTTP_DATE_LEN + 1];
+    size_t etag_len;
+};
+
+struct hconn;
+
+struct http_worker {
+    iop_http *http;
+    iop_loop *loop; /* event workers: the reactor; else NULL */
+    int cache;      /* the file cache is on */
+    struct fentry *slots[HTTP_FC_SLOTS];
+    time_t date_t, clf_t;
+    char date[HTTP_DATE_LEN + 1];
+    char clf[32];
+    /* Access log: event workers gather lines and write them once per loop
+     * iteration. */
+    char *log;
+    size_t loglen, logcap;
+    iop_defer flush;
+    /* Reactor workers: cache entries are checked once per loop iteration
+     * (an iteration's requests arrived together); the epoch moves on in a
+     * deferred callback before the loop waits again. */
+    uint64_t epoch;
+    iop_defer tick;
+    /* Event workers: connections inside a request head, oldest first (one
+     * deadline for all, so arrival order is deadline order). */
+    struct hconn *to_head, *to_tail;
+    iop_timer to_timer;
+    struct http_worker *next;
+};
+
+/* One response, ready to send: head bytes, then either body bytes or a
+ * file range (body_fd >= 0). */
+struct http_resp {
+    int status;
+    int close; /* close the connection after it */
+    char *head;
+    size_t head_len, head_cap;
+    const char *body;
+    size_t body_len;
+    char *body_alloc;
+    int fd; /* file body, or -1 */
+    off_t off;
+    size_t len;
+    struct fentry *ent; /* held cache entry, or NULL: fd is ours to close */
+    uint64_t log_bytes; /* body bytes, for the access log */
+    char small[768];    /* head is this, unless a long Location needed more */
+};
+
+/* The worker of the calling thread for (http, loop), made on first use. */
+struct http_worker *http_worker_get(iop_http *http, iop_loop *loop);
+/* A cacheless worker on the caller's stack (blocking models). */
+void http_worker_local(struct http_worker *w, iop_http *http);
+void http_worker_fini(struct http_worker *w);
+
+/* Build the response to a parsed head (err == 0) or to a head the parser
+ * refused (err: -400, -414, -431, -505).  stopping: the server is
+ * stopping, so the connection closes after this response. */
+void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
+                  struct http_resp *r);
+/* After sending: release the file and any allocation. */
+void http_resp_done(struct http_worker *w, struct http_resp *r);
+
+/* One access-log line for the request (line: the request line as sent,
+ * NULL when the head was refused).  fd: the socket, for the peer. */
+void http_log(struct http_worker *w, int fd, const struct http_req *req, int err,
+              const struct http_resp *r);
+/* Write what event workers gathered (also the defer callback). */
+void http_log_flush(struct http_worker *w);
+
+/* http_event.c / http_blocking.c: the two handler styles. */
+void http_event_handler(struct iop_handler *h);
+void http_blocking_handler(struct iop_handler *h);
+/* A worker being freed: event state that hangs on it. */
+void http_event_worker_fini(struct http_worker *w);
+
+#endif
