@@ -208,6 +208,9 @@ static int dirty(const struct hconn *hc)
 
 static int keep(struct hconn *hc, const char *p, size_t n)
 {
+    hc->len = n;
+    if (n == 0)
+        return 0;
     if (n > hc->cap) {
         size_t cap = n < 1024 ? 1024 : n;
         char *b = realloc(hc->buf, cap);
@@ -217,7 +220,6 @@ static int keep(struct hconn *hc, const char *p, size_t n)
         hc->cap = cap;
     }
     memmove(hc->buf, p, n);
-    hc->len = n;
     return 0;
 }
 

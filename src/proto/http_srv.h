@@ -55,7 +55,7 @@ struct http_worker {
     struct fentry *slots[HTTP_FC_SLOTS];
     time_t date_t, clf_t;
     char date[HTTP_DATE_LEN + 1];
-    char clf[32];
+    char clf[64];
     /* Access log: event workers gather lines and write them once per loop
      * iteration. */
     char *log;
