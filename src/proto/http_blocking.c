@@ -142,6 +142,7 @@ static void handle(iop_conn *c)
         w = &local;
     }
     struct bconn b = {.c = c, .w = w, .cap = http->cfg.max_header + 4096};
+    http_nodelay(iop_conn_fd(c));
     if ((b.buf = malloc(b.cap)))
         serve(&b);
     free(b.buf);

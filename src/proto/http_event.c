@@ -11,8 +11,11 @@
  * order their heads began; one timer closes those past the header
  * deadline. */
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include "proto/http_srv.h"
 
@@ -304,6 +307,20 @@ static void on_drain(iop_stream *s)
     settle(hc, hc);
 }
 
+/* Responses are written whole (a head with MSG_MORE before its file), so
+ * Nagle only ever delays the last segment of one response behind the ACK
+ * of another: pipelined answers would wait for the client's delayed ACK. */
+void http_nodelay(int fd)
+{
+    int one = 1;
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one); /* Unix: no-op */
+}
+
+static void on_open(iop_stream *s)
+{
+    http_nodelay(iop_stream_fd(s));
+}
+
 static void on_stop(iop_stream *s)
 {
     struct hconn *hc = iop_stream_data(s);
@@ -326,6 +343,7 @@ static void on_close(iop_stream *s)
 
 void http_event_handler(struct iop_handler *h)
 {
+    h->on_open = on_open;
     h->on_data = on_data;
     h->on_drain = on_drain;
     h->on_stop = on_stop;

@@ -112,6 +112,9 @@ void http_log(struct http_worker *w, int fd, const struct http_req *req, int err
 /* Write what event workers gathered (also the defer callback). */
 void http_log_flush(struct http_worker *w);
 
+/* TCP_NODELAY on a connection (ignored for Unix sockets). */
+void http_nodelay(int fd);
+
 /* http_event.c / http_blocking.c: the two handler styles. */
 void http_event_handler(struct iop_handler *h);
 void http_blocking_handler(struct iop_handler *h);

@@ -223,8 +223,13 @@ static void send_cb(iop_op *op, int res, unsigned flags)
 static void start_send(iop_stream *s)
 {
     int n = 0;
-    for (struct wchunk *k = s->whead; k && !k->is_file && n < IOV_BATCH; k = k->next)
+    struct wchunk *after = s->whead;
+    for (; after && !after->is_file && n < IOV_BATCH; after = after->next)
         n++;
+    /* Bytes before a file (a response head) wait in the socket for the
+     * file's first bytes: one segment, and no Nagle stall behind a lone
+     * small one. */
+    int more = after && after->is_file ? MSG_MORE : 0;
     struct comp_extra *x = xget(s);
     struct usend *u = x ? malloc(sizeof *u + (size_t)n * sizeof(struct iovec)) : NULL;
     if (!u) {
@@ -241,11 +246,11 @@ static void start_send(iop_stream *s)
         /* One buffer: a plain send spares the kernel the msghdr and iovec
          * copies of sendmsg. */
         rc = iop_op_send(s->ctx->loop, &u->op, iop__sfd(s), u->iov[0].iov_base, u->iov[0].iov_len,
-                         0, send_cb);
+                         more, send_cb);
     } else {
         u->msg.msg_iov = u->iov;
         u->msg.msg_iovlen = (size_t)n;
-        rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, 0, send_cb);
+        rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, more, send_cb);
     }
     if (rc < 0) {
         free(u);
