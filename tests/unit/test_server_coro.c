@@ -273,3 +273,48 @@ IOP_TEST(coro_config, be)
     cfg.handler = &none;
     CHECK_EQ(iop_server_new(&srv, &cfg), -EINVAL);
 }
+
+/* A peer that resets while its coroutine is parked in recv: the recv
+ * returns the reset, the handler ends, and its stack goes back. */
+static atomic_long reset_rc;
+
+static void reset_handle(iop_conn *c)
+{
+    enter();
+    char buf[64];
+    ssize_t n = iop_conn_recv(c, buf, sizeof buf);
+    if (n > 0 && iop_conn_sendall(c, "ok", 2) == 0)
+        n = iop_conn_recv(c, buf, sizeof buf); /* parked here when the RST comes */
+    atomic_store(&reset_rc, (long)n);
+    atomic_fetch_sub(&active, 1);
+}
+
+IOP_TEST(coro_peer_reset_while_parked, be)
+{
+    static const struct iop_handler h = {.handle = reset_handle};
+    reset();
+    atomic_store(&reset_rc, 1);
+    size_t base = live_stacks();
+    struct fixture f;
+    fixture_start(&f, be, config(&h), 1);
+    int fd = client(&f, 0);
+    put(fd, "x", 1);
+    char buf[2];
+    size_t got = 0;
+    while (got < 2) {
+        ssize_t r = get_some(fd, buf + got, 2 - got);
+        CHECK(r > 0);
+        got += (size_t)r;
+    }
+    usleep(20000); /* let the coroutine park again */
+    struct linger lg = {1, 0};
+    CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+    close(fd); /* RST */
+    long long deadline = iop_test_now_ms() + 5000;
+    while (atomic_load(&active) > 0 && iop_test_now_ms() < deadline)
+        usleep(2000);
+    CHECK_EQ(atomic_load(&active), 0);
+    CHECK_EQ(atomic_load(&reset_rc), -ECONNRESET);
+    fixture_stop(&f);
+    CHECK_EQ(live_stacks(), base);
+}
