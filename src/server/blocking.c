@@ -70,6 +70,7 @@ struct blk_conn {
     pthread_t thread;
     struct blk_conn *prev, *next; /* m->open or m->done */
     int grace_seen;               /* gracefd was readable: poll it no more */
+    int drained;                  /* the last recv was short: the socket is empty */
 };
 
 struct blk {
@@ -171,8 +172,23 @@ static int blk_wait(iop_conn *c, unsigned events)
     }
 }
 
+/* After a short read the socket is almost surely empty: wait first rather
+ * than pay for a recv that says EAGAIN (one system call per message). */
+static ssize_t blk_recv(iop_conn *c, void *buf, size_t len)
+{
+    struct blk_conn *bc = (struct blk_conn *)c;
+    if (bc->drained) {
+        int rc = blk_wait(c, IOP_READ);
+        if (rc < 0)
+            return rc;
+    }
+    ssize_t n = iop__conn_recv_ready(c, buf, len);
+    bc->drained = n > 0 && (size_t)n < len;
+    return n;
+}
+
 static const struct iop__conn_ops blk_ops = {
-    .recv = iop__conn_recv_ready,
+    .recv = blk_recv,
     .send = iop__conn_send_ready,
     .wait = blk_wait,
 };
