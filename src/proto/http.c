@@ -404,8 +404,12 @@ static void file_headers(struct http_resp *r, const struct fentry *e)
 
 static int not_modified(const struct http_req *req, const struct fentry *e)
 {
-    if (req->if_none_match.p)
-        return http_etag_match(req->if_none_match.p, req->if_none_match.n, e->etag, e->etag_len);
+    if (req->if_none_match.p) {
+        int hit = http_etag_match(req->if_none_match.p, req->if_none_match.n, e->etag, e->etag_len);
+        for (unsigned i = 0; !hit && i < req->n_inm_more; i++)
+            hit = http_etag_match(req->inm_more[i].p, req->inm_more[i].n, e->etag, e->etag_len);
+        return hit;
+    }
     time_t t;
     return req->if_modified_since.p &&
            http_date_parse(req->if_modified_since.p, req->if_modified_since.n, &t) == 0 &&

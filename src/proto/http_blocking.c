@@ -69,7 +69,8 @@ static void consume(struct bconn *b, size_t n)
     b->len -= n;
 }
 
-/* Throw away a request body: 0, or -1 to end the connection. */
+/* Throw away a request body: 0, -1 to end the connection, or (chunked)
+ * -400 / -413 to answer. */
 static int skip_body(struct bconn *b, const struct http_req *req)
 {
     uint64_t left = req->content_length > 0 ? (uint64_t)req->content_length : 0;
@@ -89,7 +90,7 @@ static int skip_body(struct bconn *b, const struct http_req *req)
         } else {
             ssize_t r = http_chunked_skip(&ch, b->buf, b->len, HTTP_BODY_LIMIT, &done);
             if (r < 0)
-                return -1;
+                return (int)r;
             k = (size_t)r;
         }
         consume(b, k);
@@ -114,6 +115,25 @@ static int respond(struct bconn *b, const struct http_req *req, int err)
     return rc < 0 || close ? -1 : 0;
 }
 
+/* A chunked request is answered once its body is read (413 when it is
+ * too long): its head is kept aside meanwhile.  0, or -1 to end. */
+static int chunked(struct bconn *b, size_t head_len)
+{
+    char *head = malloc(head_len);
+    if (!head)
+        return -1;
+    memcpy(head, b->buf, head_len);
+    consume(b, head_len);
+    struct http_req req;
+    size_t scan = 0;
+    int err = http_parse_head(head, head_len, head_len + 1, &scan, &req) > 0 ? 0 : -400;
+    if (!err)
+        err = skip_body(b, &req);
+    int rc = err == -1 ? -1 : respond(b, err ? NULL : &req, err);
+    free(head);
+    return rc;
+}
+
 static void serve(struct bconn *b)
 {
     for (;;) {
@@ -121,6 +141,11 @@ static void serve(struct bconn *b)
         int rc = read_head(b, &req);
         if (rc == 0)
             return;
+        if (rc > 0 && req.chunked) {
+            if (chunked(b, (size_t)rc) < 0)
+                return;
+            continue;
+        }
         if (respond(b, rc > 0 ? &req : NULL, rc < 0 ? rc : 0) < 0)
             return;
         consume(b, (size_t)rc);

@@ -27,6 +27,8 @@ struct hconn {
     size_t scan;               /* http_parse_head's resume point */
     uint64_t body_left;        /* Content-Length bytes still to throw away */
     struct http_chunked ch;    /* a chunked body being thrown away */
+    char *held;                /* the head of a chunked request, answered */
+    size_t held_len;           /* once its body is read (413 if too long) */
     uint64_t head_at;          /* loop ms when the current head began */
     struct hconn *prev, *next; /* the worker's deadline list */
     unsigned chunked : 1, in_head : 1, listed : 1, paused : 1, stopping : 1, done : 1;
@@ -137,7 +139,20 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     return rc;
 }
 
-/* Throw away body bytes: the bytes used, or -1 after closing the stream. */
+/* Answer the held head of a chunked request whose body ended (err 0) or
+ * broke (-400, -413).  As respond(). */
+static int respond_held(struct hconn *hc, int err)
+{
+    struct http_req req;
+    size_t scan = 0;
+    int rc = http_parse_head(hc->held, hc->held_len, hc->held_len + 1, &scan, &req);
+    int sent = respond(hc, rc > 0 ? &req : NULL, err ? err : rc > 0 ? 0 : -400);
+    free(hc->held);
+    hc->held = NULL;
+    return sent;
+}
+
+/* Throw away body bytes: the bytes used, or -1 when the stream ends. */
 static ssize_t skip_body(struct hconn *hc, const char *p, size_t n)
 {
     if (hc->body_left) {
@@ -147,12 +162,21 @@ static ssize_t skip_body(struct hconn *hc, const char *p, size_t n)
     }
     int done = 0;
     ssize_t k = http_chunked_skip(&hc->ch, p, n, HTTP_BODY_LIMIT, &done);
+    if (k < 0 || done)
+        hc->chunked = 0;
     if (k < 0) {
-        iop_stream_close(hc->s); /* the response is out; the body is bad */
+        respond_held(hc, (int)k); /* 400 or 413, then close */
         return -1;
     }
-    if (done)
-        hc->chunked = 0;
+    if (done) {
+        int sent = respond_held(hc, 0);
+        if (sent < 0)
+            return -1;
+        if (sent == 1) {
+            hc->paused = 1;
+            (void)iop_stream_read_stop(hc->s);
+        }
+    }
     return k;
 }
 
@@ -184,6 +208,21 @@ static size_t feed(struct hconn *hc, const char *p, size_t n)
         }
         hc->scan = 0;
         hc->in_head = 0;
+        if (rc > 0 && req.chunked) {
+            /* Its size is known only at its end: answer then (413 if over
+             * the limit), so hold on to the head. */
+            if (!(hc->held = malloc((size_t)rc))) {
+                iop_stream_close(hc->s);
+                hc->done = 1;
+                break;
+            }
+            memcpy(hc->held, p + off, (size_t)rc);
+            hc->held_len = (size_t)rc;
+            hc->chunked = 1;
+            memset(&hc->ch, 0, sizeof hc->ch);
+            off += (size_t)rc;
+            continue;
+        }
         int sent = respond(hc, rc > 0 ? &req : NULL, rc < 0 ? rc : 0);
         if (sent < 0) {
             hc->done = 1;
@@ -192,10 +231,6 @@ static size_t feed(struct hconn *hc, const char *p, size_t n)
         off += (size_t)rc;
         if (req.content_length > 0)
             hc->body_left = (uint64_t)req.content_length;
-        else if (req.chunked) {
-            hc->chunked = 1;
-            memset(&hc->ch, 0, sizeof hc->ch);
-        }
         if (sent == 1) {
             hc->paused = 1;
             (void)iop_stream_read_stop(hc->s);
@@ -270,8 +305,10 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
             return;
         }
         settle(&hc, NULL);
-        if (hc.done || !iop_stream_data(s))
+        if (hc.done || !iop_stream_data(s)) {
             free(hc.buf);
+            free(hc.held);
+        }
         return;
     }
     if (heap->len + n > heap->cap) {
@@ -337,6 +374,7 @@ static void on_close(iop_stream *s)
     if (!hc)
         return;
     unlist(hc);
+    free(hc->held);
     free(hc->buf);
     free(hc);
 }

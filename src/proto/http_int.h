@@ -44,6 +44,10 @@ struct http_req {
     unsigned chunked : 1;     /* Transfer-Encoding ends in "chunked" */
     int64_t content_length;   /* -1: no Content-Length */
     struct http_str if_none_match, if_modified_since, range; /* values, OWS trimmed */
+    /* If-None-Match is a list that may span several field lines: the
+     * second to fourth (more are ignored). */
+    struct http_str inm_more[3];
+    unsigned n_inm_more;
 };
 
 /* Parse one request head at the start of buf[0..len).

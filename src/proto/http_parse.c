@@ -269,7 +269,10 @@ static int apply_field(struct http_str name, struct http_str v, struct fields *f
         return field_content_length(v, req);
     else if (eq_nocase(name, "transfer-encoding"))
         field_transfer_encoding(v, f);
-    else if (eq_nocase(name, "if-none-match"))
+    else if (eq_nocase(name, "if-none-match") && req->if_none_match.p) {
+        if (req->n_inm_more < sizeof req->inm_more / sizeof req->inm_more[0])
+            req->inm_more[req->n_inm_more++] = v;
+    } else if (eq_nocase(name, "if-none-match"))
         keep_first(&req->if_none_match, v);
     else if (eq_nocase(name, "if-modified-since"))
         keep_first(&req->if_modified_since, v);
