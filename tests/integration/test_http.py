@@ -780,6 +780,21 @@ def check_rude_clients(addr, what):
     expect_file(get(addr, "/4k"), "/4k", f"{what}: after 10 resets mid-response")
 
 
+def check_no_stall(a, what):
+    """Sequential keep-alive requests, each waiting for its answer: a head
+    and its file sent as separate small segments would wait for the
+    client's delayed ACK (Nagle), about 40 ms each."""
+    with Conn(a) as c:
+        t0 = time.monotonic()
+        for i in range(40):
+            c.send(req("/hello" if i % 2 else "/4k"))
+            path = "/hello" if i % 2 else "/4k"
+            expect_file(c.response(f"{what}: sequential {i}"), path, f"{what}: sequential {i}")
+        took = time.monotonic() - t0
+        check(took < 1.2, f"{what}: 40 sequential keep-alive requests took {took:.2f} s "
+              "(a delayed-ACK stall per response?)")
+
+
 def subset(srv, what, model):
     """The representative subset, for every backend x model."""
     a = srv.addr
@@ -812,6 +827,7 @@ def subset(srv, what, model):
         expect_file(r, "/hello", f"{what}: Connection: close")
         check((r.get("Connection") or "").lower() == "close", f"{what}: {r!r}")
         c.eof(f"{what}: after Connection: close")
+    check_no_stall(a, what)
     check_pipeline(a, what)
     check_traversal(a, TRAVERSAL_SAMPLE, what)
     check_listing(a, what, deep=False)
