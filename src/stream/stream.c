@@ -134,7 +134,13 @@ void iop__stream_touch(iop_stream *s)
     iop_stream_ctx *ctx = s->ctx;
     if (!ctx->cfg.idle_timeout_ms)
         return;
-    s->last_active = (uint32_t)iop_loop_now(ctx->loop);
+    uint32_t now = (uint32_t)iop_loop_now(ctx->loop);
+    /* Touched already at this millisecond: it was moved to the tail then,
+     * and everything behind it has the same time, so the list stays in
+     * order without moving it again (a read and a write per request). */
+    if (s->last_active == now && (s->idle_prev || ctx->idle_head == s))
+        return;
+    s->last_active = now;
     if (ctx->idle_tail == s || (!s->idle_prev && ctx->idle_head != s))
         return; /* already last, or unlinked because it failed */
     idle_unlink(s);
