@@ -2,8 +2,8 @@
 #include "cli/cli.h"
 
 static const struct cli_cmd bench_commands[] = {
-    {"echo", NULL, "load an echo server; msgs/s and latency percentiles"},
-    {"http", NULL, "load an HTTP server; req/s and latency percentiles"},
+    {"echo", cmd_bench_echo, "load an echo server; msgs/s and latency percentiles"},
+    {"http", cmd_bench_http, "load an HTTP server; req/s and latency percentiles"},
     {"loop", cmd_bench_loop, "event-loop overhead per backend (libevent bench.c method)"},
     {NULL, NULL, NULL},
 };
