@@ -98,11 +98,14 @@ enum iop_run_mode {
 int iop_loop_run(iop_loop *loop, int mode);
 
 /* Make iop_loop_run() return after the current iteration.  Safe from any
- * thread; from another thread it wakes the loop. */
+ * thread; from another thread it wakes the loop.  A stop asked during an
+ * ONCE or NOWAIT run (which returns after one iteration anyway) stays
+ * pending and ends the next run call after its first iteration. */
 void iop_loop_stop(iop_loop *loop);
 
-/* Milliseconds of CLOCK_MONOTONIC, cached at the start of each iteration so
- * every callback of one iteration sees the same value. */
+/* Milliseconds of CLOCK_MONOTONIC, cached at the start of each iteration
+ * and again when a wait that could block returns (so a timer started in a
+ * callback counts from when it ran). */
 uint64_t iop_loop_now(const iop_loop *loop);
 void iop_loop_update_time(iop_loop *loop);
 
