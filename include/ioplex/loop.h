@@ -100,7 +100,8 @@ int iop_loop_run(iop_loop *loop, int mode);
 /* Make iop_loop_run() return after the current iteration.  Safe from any
  * thread; from another thread it wakes the loop.  A stop asked during an
  * ONCE or NOWAIT run (which returns after one iteration anyway) stays
- * pending and ends the next run call after its first iteration. */
+ * pending: the next run call runs due timers and deferred callbacks, then
+ * returns without waiting. */
 void iop_loop_stop(iop_loop *loop);
 
 /* Milliseconds of CLOCK_MONOTONIC, cached at the start of each iteration
