@@ -94,17 +94,9 @@ static int parse(int argc, char **argv, struct serve_opts *so, struct echo_opts 
     serve_opts_init(so);
     memset(e, 0, sizeof *e);
     echo_table(e, tab + serve_opts_table(so, tab));
-    int npos = opt_parse(PROG, tab, argc, argv);
+    int npos = serve_parse(PROG, tab, argc, argv, so, 0, usage);
     if (npos < 0)
-        return -1;
-    if (so->help) {
-        usage();
-        return 1;
-    }
-    if (npos > 0) {
-        fprintf(stderr, "%s: unexpected argument '%s' (try '%s --help')\n", PROG, argv[0], PROG);
-        return -1;
-    }
+        return npos == SERVE_HELP ? 1 : -1;
     return echo_check(e);
 }
 

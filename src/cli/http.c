@@ -75,17 +75,9 @@ static int parse(int argc, char **argv, struct serve_opts *so, struct http_opts 
     serve_opts_init(so);
     memset(o, 0, sizeof *o);
     http_table(o, tab + serve_opts_table(so, tab));
-    int npos = opt_parse(PROG, tab, argc, argv);
+    int npos = serve_parse(PROG, tab, argc, argv, so, 1, usage);
     if (npos < 0)
-        return -1;
-    if (so->help) {
-        usage();
-        return 1;
-    }
-    if (npos > 1) {
-        fprintf(stderr, "%s: unexpected argument '%s' (try '%s --help')\n", PROG, argv[1], PROG);
-        return -1;
-    }
+        return npos == SERVE_HELP ? 1 : -1;
     *dir = npos ? argv[0] : ".";
     for (size_t i = 0; i < so->nlisten; i++) {
         if (!strncmp(so->listen[i], "udp:", 4)) {

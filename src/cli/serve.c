@@ -83,6 +83,24 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
 
 /* "0.5" -> 500 ms.  Seconds are decimal, >= 0; a positive value never
  * rounds to 0 ms (0 means "never" or "the default" to the library). */
+int serve_parse(const char *prog, const struct opt *tab, int argc, char **argv,
+                const struct serve_opts *o, int max_pos, void (*usage)(void))
+{
+    int npos = opt_parse(prog, tab, argc, argv);
+    if (npos < 0)
+        return -1;
+    if (o->help) {
+        usage();
+        return SERVE_HELP;
+    }
+    if (npos > max_pos) {
+        fprintf(stderr, "%s: unexpected argument '%s' (try '%s --help')\n", prog, argv[max_pos],
+                prog);
+        return -1;
+    }
+    return npos;
+}
+
 int serve_secs(const char *prog, const char *name, const char *s, unsigned *ms)
 {
     char *end;

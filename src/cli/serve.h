@@ -54,6 +54,14 @@ void serve_opts_init(struct serve_opts *o);
  * their values land in *o.  Returns SERVE_NOPTS. */
 size_t serve_opts_table(struct serve_opts *o, struct opt *tab);
 
+/* opt_parse with tab (the common entries from serve_opts_table, then the
+ * subcommand's) and at most max_pos positionals.  Returns their number
+ * (now argv[0..n-1]), SERVE_HELP after calling usage(), or -1 after one
+ * line on stderr. */
+#define SERVE_HELP (-2)
+int serve_parse(const char *prog, const struct opt *tab, int argc, char **argv,
+                const struct serve_opts *o, int max_pos, void (*usage)(void));
+
 /* The common options' lines for --help. */
 void serve_usage(FILE *f, const struct serve_defaults *d);
 
