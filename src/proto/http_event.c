@@ -312,7 +312,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         return;
     }
     if (heap->len + n > heap->cap) {
-        size_t cap = heap->len + n;
+        size_t cap = heap->len + n > 2 * heap->cap ? heap->len + n : 2 * heap->cap;
         char *b = realloc(heap->buf, cap);
         if (!b) {
             iop_stream_close(s);
