@@ -12,7 +12,7 @@
 #define MAX_BYTES (1L << 30) /* --max-line, --max-frame */
 #define NECHO     7          /* echo's own option entries */
 
-static const struct serve_defaults defaults = {"127.0.0.1:8001", "0"};
+static const struct serve_defaults defaults = {"127.0.0.1:8001", "0", 0};
 
 struct echo_opts {
     int lines, framed, upper;

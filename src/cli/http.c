@@ -14,7 +14,7 @@
 #define PROG  "ioplex http"
 #define NHTTP 3 /* http's own option entries */
 
-static const struct serve_defaults defaults = {"127.0.0.1:8000", "60"};
+static const struct serve_defaults defaults = {"127.0.0.1:8000", "60", 1};
 
 struct http_opts {
     int no_listing;

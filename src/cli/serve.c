@@ -59,8 +59,8 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
 {
     fprintf(f,
             "Server options:\n"
-            "  -l, --listen ADDR        HOST:PORT, :PORT, [V6ADDR]:PORT, unix:PATH or\n"
-            "                           udp:HOST:PORT; repeatable [%s]\n"
+            "  -l, --listen ADDR        HOST:PORT, :PORT, [V6ADDR]:PORT, unix:PATH%s;\n"
+            "                           repeatable [%s]\n"
             "      --backend B          auto, select, poll, epoll or uring [auto]\n"
             "      --edge               edge-triggered (epoll, uring, or auto)\n"
             "      --model M            event, iterative, thread, fork or coro [event]\n"
@@ -76,7 +76,7 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
             "A line `listening ADDR` on stdout per listener once bound; diagnostics on\n"
             "stderr.  SIGINT/SIGTERM stop gracefully, a second one at once.\n"
             "Exit status: 0 after a stop, 2 bad command line, address or backend.\n",
-            d->listen, d->idle_timeout);
+            d->no_udp ? "" : " or udp:HOST:PORT", d->listen, d->idle_timeout);
 }
 
 /* ---- checking ------------------------------------------------------------ */

@@ -46,6 +46,7 @@ struct serve_opts {
 struct serve_defaults {
     const char *listen;       /* "127.0.0.1:8001" */
     const char *idle_timeout; /* seconds, as the help text shows it: "0" */
+    int no_udp;               /* stream listeners only (help text) */
 };
 
 void serve_opts_init(struct serve_opts *o);
