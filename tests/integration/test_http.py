@@ -1824,9 +1824,14 @@ def main():
     ap.add_argument("--ioplex", required=True)
     ap.add_argument("-k", default="", help="run only cases whose name contains this")
     ap.add_argument("-j", type=int, default=6, help="cases at once")
+    ap.add_argument("--no-uring", action="store_true",
+                    help="skip io_uring cases (the TSan run: see tests/CMakeLists.txt)")
     a = ap.parse_args()
     EXE = os.path.abspath(a.ioplex)
     probe()
+    if a.no_uring:
+        global URING
+        URING = False
     fails = 0
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ioplex-http-") as TMP:
