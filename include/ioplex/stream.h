@@ -89,6 +89,8 @@ int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out);
 
 void iop_stream_set_data(iop_stream *s, void *data);
 void *iop_stream_data(const iop_stream *s);
+/* The socket; in on_close it is already closed, but the number is still
+ * returned (for tables kept by fd). */
 int iop_stream_fd(const iop_stream *s);
 iop_loop *iop_stream_loop(const iop_stream *s);
 

@@ -117,6 +117,9 @@ void http_worker_fini(struct http_worker *w)
     http_log_flush(w);
     free(w->log);
     w->log = NULL;
+    free(w->peers);
+    w->peers = NULL;
+    w->npeers = 0;
     for (size_t i = 0; i < HTTP_FC_SLOTS; i++) {
         if (w->slots[i]) {
             w->slots[i]->refs = 0;
@@ -663,7 +666,7 @@ static const char *clf_now(struct http_worker *w)
     return w->clf;
 }
 
-static void peer_name(int fd, char *out, size_t outsz)
+void http_peer_name(int fd, char *out, size_t outsz)
 {
     struct sockaddr_storage ss;
     socklen_t len = sizeof ss;
@@ -676,14 +679,13 @@ static void peer_name(int fd, char *out, size_t outsz)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)outsz);
 }
 
-void http_log(struct http_worker *w, int fd, const struct http_req *req, int err,
+void http_log(struct http_worker *w, const char *host, const struct http_req *req, int err,
               const struct http_resp *r)
 {
     const struct iop_http_config *cfg = &w->http->cfg;
     if (!cfg->access_log)
         return;
-    char host[INET6_ADDRSTRLEN + 1], bytes[24] = "-";
-    peer_name(fd, host, sizeof host);
+    char bytes[24] = "-";
     if (r->log_bytes)
         snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)r->log_bytes);
     int show = req && !err;

@@ -16,6 +16,7 @@ struct bconn {
     struct http_worker *w;
     char *buf;
     size_t len, cap;
+    char host[46]; /* the peer, for the access log: looked up once */
 };
 
 static uint64_t now_ms(void)
@@ -109,7 +110,7 @@ static int respond(struct bconn *b, const struct http_req *req, int err)
         rc = iop_conn_sendall(b->c, r.body, r.body_len);
     if (rc == 0 && r.fd >= 0)
         rc = iop_conn_sendfile(b->c, r.fd, r.off, r.len);
-    http_log(b->w, iop_conn_fd(b->c), req, err, &r);
+    http_log(b->w, b->host, req, err, &r);
     int close = r.close;
     http_resp_done(b->w, &r);
     return rc < 0 || close ? -1 : 0;
@@ -168,6 +169,8 @@ static void handle(iop_conn *c)
     }
     struct bconn b = {.c = c, .w = w, .cap = http->cfg.max_header + 4096};
     http_nodelay(iop_conn_fd(c));
+    if (http->cfg.access_log)
+        http_peer_name(iop_conn_fd(c), b.host, sizeof b.host);
     if ((b.buf = malloc(b.cap)))
         serve(&b);
     free(b.buf);

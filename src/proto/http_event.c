@@ -112,6 +112,31 @@ void http_event_worker_fini(struct http_worker *w)
 
 /* ---- requests ------------------------------------------------------------ */
 
+/* The peer's name for the access log, looked up once per connection. */
+static const char *peer_of(struct http_worker *w, iop_stream *s)
+{
+    int fd = iop_stream_fd(s);
+    if (!w->http->cfg.access_log || fd < 0)
+        return "-";
+    if ((size_t)fd >= w->npeers) {
+        size_t n = w->npeers ? w->npeers : 64;
+        while (n <= (size_t)fd)
+            n *= 2;
+        struct http_peer *p = realloc(w->peers, n * sizeof *p);
+        if (!p)
+            return "-";
+        memset(p + w->npeers, 0, (n - w->npeers) * sizeof *p);
+        w->peers = p;
+        w->npeers = n;
+    }
+    struct http_peer *p = &w->peers[fd];
+    if (p->owner != s) {
+        http_peer_name(fd, p->name, sizeof p->name);
+        p->owner = s;
+    }
+    return p->name;
+}
+
 /* Send the response to one head.  0: go on; 1: the queue is full, pause;
  * -1: the stream is ending or closed. */
 static int respond(struct hconn *hc, const struct http_req *req, int err)
@@ -125,7 +150,7 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
         rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
     else
         rc = iop_stream_writev(hc->s, iov, r.body_len ? 2 : 1);
-    http_log(w, iop_stream_fd(hc->s), req, err, &r);
+    http_log(w, peer_of(w, hc->s), req, err, &r);
     int close = r.close;
     http_resp_done(w, &r);
     if (rc < 0) {
@@ -370,6 +395,10 @@ static void on_stop(iop_stream *s)
 
 static void on_close(iop_stream *s)
 {
+    struct http_worker *w = worker_of(s);
+    int fd = iop_stream_fd(s); /* closed by now, but still its number */
+    if (w && fd >= 0 && (size_t)fd < w->npeers && w->peers[fd].owner == s)
+        w->peers[fd].owner = NULL;
     struct hconn *hc = iop_stream_data(s);
     if (!hc)
         return;

@@ -48,6 +48,11 @@ struct fentry {
 
 struct hconn;
 
+struct http_peer {
+    const void *owner; /* the stream the name belongs to; NULL: free */
+    char name[46];     /* INET6_ADDRSTRLEN */
+};
+
 struct http_worker {
     iop_http *http;
     iop_loop *loop; /* event workers: the reactor; else NULL */
@@ -66,6 +71,11 @@ struct http_worker {
      * deferred callback before the loop waits again. */
     uint64_t epoch;
     iop_defer tick;
+    /* Event workers, access log on: each connection's peer as text, by fd,
+     * filled at its first logged request and cleared in on_close, so the
+     * log costs no getpeername per request. */
+    struct http_peer *peers;
+    size_t npeers;
     /* Event workers: connections inside a request head, oldest first (one
      * deadline for all, so arrival order is deadline order). */
     struct hconn *to_head, *to_tail;
@@ -105,10 +115,12 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 
-/* One access-log line for the request (line: the request line as sent,
- * NULL when the head was refused).  fd: the socket, for the peer. */
-void http_log(struct http_worker *w, int fd, const struct http_req *req, int err,
+/* One access-log line for the request (req NULL or err < 0: the head was
+ * refused).  host: the peer as text (http_peer_name). */
+void http_log(struct http_worker *w, const char *host, const struct http_req *req, int err,
               const struct http_resp *r);
+/* The peer of socket fd as the log shows it ("-" for Unix sockets). */
+void http_peer_name(int fd, char *out, size_t outsz);
 /* Write what event workers gathered (also the defer callback). */
 void http_log_flush(struct http_worker *w);
 

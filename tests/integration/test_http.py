@@ -1548,6 +1548,22 @@ def t_access_log():
                   f"stderr line neither access log nor diagnostic: {ln!r}")
 
 
+def t_access_log_peers():
+    """The peer in the log is looked up once per connection and kept by fd:
+    connections from ::1 and 127.0.0.1 taking turns (each closed, so the
+    next one gets the same fd number) must each be logged with their own."""
+    if not IPV6:
+        raise Skip("no IPv6")
+    with Server(*E, listen=("127.0.0.1:0", "[::1]:0")) as srv:
+        for i in range(6):
+            v6 = i % 2 == 0
+            addr, host = (srv.addrs[1], "[::1]") if v6 else (srv.addrs[0], None)
+            kw = {"host": host} if host else {}
+            expect_file(get(addr, f"/hello?peer={i}", **kw), "/hello", f"peer {i}")
+            who = r"::1" if v6 else r"127\.0\.0\.1"
+            srv.wait_stderr(rf'^{who} - - \[[^]]+\] "GET /hello\?peer={i} HTTP/1\.1" 200 13$')
+
+
 def t_quiet():
     with Server(*E, "--quiet") as srv:
         for t in ("/hello", "/missing", "/4k"):
