@@ -1812,26 +1812,34 @@ def run_case(name, fn):
     return name, "FAIL", note
 
 
-def probe():
+def probe(no_uring):
     """Exit 77 when there is no `http` yet; io_uring and IPv6 availability."""
     global URING, IPV6
     r = subprocess.run([EXE, "http", "--help"], capture_output=True, text=True, timeout=T)
     if r.returncode != 0 and "not available" in r.stderr:
         print(f"skip: {r.stderr.strip()}")
         sys.exit(77)
+    if no_uring:
+        URING = False
+    else:
+        probe_uring()
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        IPV6 = False
+
+
+def probe_uring():
+    global URING
     p = subprocess.Popen([EXE, "echo", "--backend", "uring", "-l", "127.0.0.1:0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         URING = p.stdout.readline().startswith("listening ")
     finally:
         if p.poll() is None:
-            p.terminate()
+            p.kill()  # a probe: no need for a graceful stop
         p.communicate(timeout=T)
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        IPV6 = False
 
 
 def main():
@@ -1844,10 +1852,7 @@ def main():
                     help="skip io_uring cases (the TSan run: see tests/CMakeLists.txt)")
     a = ap.parse_args()
     EXE = os.path.abspath(a.ioplex)
-    probe()
-    if a.no_uring:
-        global URING
-        URING = False
+    probe(a.no_uring)
     fails = 0
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="ioplex-http-") as TMP:
