@@ -184,8 +184,13 @@ int iop_stream_listener(const iop_stream *s);
  * progress, -ECANCELED when the server stops at once.  Reads go through a
  * 16 KiB read-ahead buffer; an error in the middle of a line or of
  * recv_exact loses the bytes already read.  A connection's data starts as
- * the server's (cfg.data).  The socket (iop_conn_fd) is non-blocking: the
- * calls wait in poll(2), which is how a stop reaches a blocked handler.
+ * the server's (cfg.data).  The socket (iop_conn_fd) is non-blocking and
+ * the calls wait in poll(2), which is how a stop reaches a blocked handler;
+ * except in the thread model, where it is blocking (SO_RCVTIMEO and
+ * SO_SNDTIMEO set) so that a recv sleeps in the kernel without a poll, and
+ * a stop reaches it by shutdown(2).  The calls never block in a way a stop
+ * cannot end, whatever the fd's mode; a handler's own IO on the fd in the
+ * thread model should use MSG_DONTWAIT where it must not sleep.
  * Models: iterative serves udp: listeners only between connections; a fork
  * child inherits every fd of the process (close what it must not hold). */
 ssize_t iop_conn_recv(iop_conn *c, void *buf, size_t len);       /* 0: EOF */
