@@ -19,8 +19,8 @@
  *
  * Memory: the library allocates streams and frees them after on_close.
  * Bytes passed to iop_stream_write() are copied: the caller's buffer is free
- * again when the call returns.  A read buffer is lent to on_read until it
- * returns.
+ * again when the call returns (iop_stream_writev_ref lends them instead).  A read buffer is lent to
+ * on_read until it returns.
  *
  * Threads: a stream and its context belong to their loop's thread.
  * SIGPIPE: writes use MSG_NOSIGNAL; a vanished peer is an error code.  As
@@ -124,6 +124,17 @@ int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, un
  * bytes with MSG_MORE, so a small response leaves in one TCP segment. */
 int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
                          off_t offset, size_t len, unsigned flags);
+
+/* A response in one call without copying its body: the iov bytes (copied
+ * if queued), then ref_len bytes at ref, which are not copied.  The stream
+ * reads them until it calls release(arg), exactly once: when they are sent,
+ * or the stream failed or closed, or the call failed (maybe before it
+ * returns).  For bytes that stay put anyway, such as a file a cache keeps
+ * mapped: a readiness backend with nothing queued sends everything in one
+ * writev, io_uring in one sendmsg.  Return as iop_stream_write. */
+typedef void (*iop_stream_release_cb)(void *arg);
+int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, const void *ref,
+                          size_t ref_len, iop_stream_release_cb release, void *arg);
 
 /* Bytes queued and not yet accepted by the kernel (files count their
  * remaining length). */

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -107,6 +108,8 @@ static void entry_put(struct fentry *e)
 {
     if (e->refs)
         return;
+    if (e->map)
+        munmap((void *)(uintptr_t)e->map, (size_t)e->st.st_size);
     close(e->fd);
     free(e->path);
     free(e);
@@ -200,6 +203,8 @@ static int entry_check(struct http_worker *w, struct fentry *e)
     if (fstat(e->fd, &st) < 0 || st.st_nlink == 0)
         return 0;
     if (!same_file(&st, &e->st)) {
+        if (e->map)
+            return 0; /* its size is the mapping's: reopen */
         e->st = st;
         entry_fill(e);
     }
@@ -247,6 +252,29 @@ static void entry_release(struct fentry *e)
 {
     if (--e->refs == 0 && e->dead)
         entry_put(e);
+}
+
+void http_entry_hold(struct fentry *e)
+{
+    e->refs++;
+}
+
+void http_entry_release(void *e)
+{
+    entry_release(e);
+}
+
+const char *http_entry_map(struct fentry *e)
+{
+    if (e->map_tried)
+        return e->map;
+    e->map_tried = 1;
+    size_t n = (size_t)e->st.st_size;
+    if (!S_ISREG(e->st.st_mode) || n == 0 || n > HTTP_MAP_MAX)
+        return NULL;
+    void *p = mmap(NULL, n, PROT_READ, MAP_SHARED, e->fd, 0);
+    e->map = p == MAP_FAILED ? NULL : p;
+    return e->map;
 }
 
 /* ---- building a response --------------------------------------------------- */

@@ -146,7 +146,11 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     http_respond(w, req, err, hc->stopping, &r);
     struct iovec iov[2] = {{r.head, r.head_len}, {(void *)(uintptr_t)r.body, r.body_len}};
     int rc;
-    if (r.fd >= 0)
+    const char *map = r.ent ? http_entry_map(r.ent) : NULL;
+    if (map) {
+        http_entry_hold(r.ent);
+        rc = iop_stream_writev_ref(hc->s, iov, 1, map + r.off, r.len, http_entry_release, r.ent);
+    } else if (r.fd >= 0)
         rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
     else
         rc = iop_stream_writev(hc->s, iov, r.body_len ? 2 : 1);

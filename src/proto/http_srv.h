@@ -20,7 +20,8 @@
 
 #define HTTP_BODY_LIMIT (1u << 20) /* a GET/HEAD body is thrown away up to this */
 #define HTTP_PATH_BYTES 4096
-#define HTTP_FC_SLOTS   256 /* open-file cache entries per worker */
+#define HTTP_FC_SLOTS   256   /* open-file cache entries per worker */
+#define HTTP_MAP_MAX    16384 /* event model: a file this small goes in the head's writev */
 
 struct iop_http {
     int rootfd;
@@ -44,6 +45,8 @@ struct fentry {
     char etag[64];
     char lastmod[HTTP_DATE_LEN + 1];
     size_t etag_len;
+    const char *map; /* http_entry_map: the file's bytes, or NULL */
+    int map_tried;
 };
 
 struct hconn;
@@ -100,6 +103,19 @@ struct http_resp {
     uint64_t log_bytes; /* body bytes, for the access log */
     char small[768];    /* head is this, unless a long Location needed more */
 };
+
+/* A cached file's bytes, mapped (read only, shared) at the first call:
+ * NULL when over HTTP_MAP_MAX or not mappable.  Small bodies then leave in
+ * the same writev / sendmsg as the head: one system call per response, and
+ * on io_uring no splice (which the kernel hands to a worker thread).  The
+ * kernel copies from the page cache as sendfile would read it; user space
+ * never touches the mapping, so a file truncated meanwhile makes the send
+ * fail with EFAULT (the connection closes), never SIGBUS.  A mapped entry
+ * whose file changes is reopened rather than updated in place. */
+const char *http_entry_map(struct fentry *e);
+/* Hold / release an entry beyond its response (a body lent to a stream). */
+void http_entry_hold(struct fentry *e);
+void http_entry_release(void *e);
 
 /* The worker of the calling thread for (http, loop), made on first use. */
 struct http_worker *http_worker_get(iop_http *http, iop_loop *loop);

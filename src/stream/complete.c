@@ -240,7 +240,7 @@ static void start_send(iop_stream *s)
     u->s = s;
     int i = 0;
     for (struct wchunk *k = s->whead; i < n; k = k->next)
-        u->iov[i++] = (struct iovec){k->data + k->off, k->len - k->off};
+        u->iov[i++] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
     int rc;
     if (n == 1) {
         /* One buffer: a plain send spares the kernel the msghdr and iovec

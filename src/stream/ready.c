@@ -147,7 +147,7 @@ static int flush(iop_stream *s)
             int n = 0;
             struct wchunk *k = c;
             for (; k && !k->is_file && n < IOV_BATCH; k = k->next)
-                iov[n++] = (struct iovec){k->data + k->off, k->len - k->off};
+                iov[n++] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
             /* Bytes before a file (a response head): MSG_MORE lets them
              * leave in one segment with the file's first bytes. */
             r = send_iov(iop__sfd(s), iov, n, k && k->is_file);

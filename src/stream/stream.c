@@ -362,7 +362,8 @@ void iop__stream_fail(iop_stream *s, int err)
 
 /* ---- the write queue --------------------------------------------------- */
 
-#define SPARE_MAX 64
+#define SPARE_MAX   64
+#define REF_IOV_MAX 8 /* iov entries before the ref of iop_stream_writev_ref */
 
 /* Completion streams queue every reply, so a 16 KiB chunk per message
  * would go through malloc and free; a few spares per context avoid that. */
@@ -370,7 +371,9 @@ void iop__chunk_free(iop_stream_ctx *ctx, struct wchunk *c)
 {
     if (c->is_file && c->file_close)
         close(c->file_fd);
-    if (!c->is_file && c->cap == CHUNK_MIN && ctx->nspare < SPARE_MAX) {
+    if (c->is_ref)
+        c->release(c->release_arg);
+    if (!c->is_file && !c->is_ref && c->cap == CHUNK_MIN && ctx->nspare < SPARE_MAX) {
         c->next = ctx->spare;
         ctx->spare = c;
         ctx->nspare++;
@@ -396,7 +399,7 @@ static struct wchunk *chunk_new(iop_stream_ctx *ctx, size_t cap)
 static int queue_bytes(iop_stream *s, const char *p, size_t len)
 {
     struct wchunk *t = s->wtail;
-    if (t && !t->is_file && t->cap > t->len) {
+    if (t && !t->is_file && !t->is_ref && t->cap > t->len) {
         size_t room = t->cap - t->len;
         size_t n = len < room ? len : room;
         memcpy(t->data + t->len, p, n);
@@ -452,6 +455,40 @@ static void fail_later(iop_stream *s, int rc)
     iop__stream_pend(s);
 }
 
+static void queue_append(iop_stream *s, struct wchunk *c, size_t len)
+{
+    if (s->wtail)
+        s->wtail->next = c;
+    else
+        s->whead = c;
+    s->wtail = c;
+    s->queued += len;
+}
+
+/* Queue the unsent part of iov (sent bytes were taken already). */
+static int queue_iov(iop_stream *s, const struct iovec *iov, int iovcnt, size_t sent)
+{
+    for (int i = 0; i < iovcnt; i++) {
+        size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
+        sent -= skip;
+        int rc;
+        if (iov[i].iov_len > skip &&
+            (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip)) < 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void queued_kick(iop_stream *s)
+{
+    if (!s->whead)
+        return;
+    if (s->ctx->completion)
+        iop__stream_pend(s); /* one sendmsg for all writes of this iteration */
+    else
+        iop__ready_kick(s);
+}
+
 int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
 {
     int rc = write_state(s);
@@ -467,19 +504,9 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
             return 0;
         }
     }
-    for (int i = 0; i < iovcnt; i++) {
-        size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
-        sent -= skip;
-        if (iov[i].iov_len > skip &&
-            (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip)) < 0)
-            return rc;
-    }
-    if (s->whead) {
-        if (s->ctx->completion)
-            iop__stream_pend(s); /* one sendmsg for all writes of this iteration */
-        else
-            iop__ready_kick(s);
-    }
+    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0)
+        return rc;
+    queued_kick(s);
     return full_check(s);
 }
 
@@ -487,6 +514,47 @@ int iop_stream_write(iop_stream *s, const void *buf, size_t len)
 {
     struct iovec iov = {(void *)(uintptr_t)buf, len};
     return iop_stream_writev(s, &iov, 1);
+}
+
+int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, const void *ref,
+                          size_t ref_len, iop_stream_release_cb release, void *arg)
+{
+    int rc = write_state(s);
+    if (rc < 0 || iovcnt < 0 || iovcnt >= REF_IOV_MAX || ref_len > UINT32_MAX) {
+        release(arg);
+        return rc < 0 ? rc : -EINVAL;
+    }
+    struct iovec all[REF_IOV_MAX];
+    size_t total = 0, sent = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += (all[i] = iov[i]).iov_len;
+    all[iovcnt] = (struct iovec){(void *)(uintptr_t)ref, ref_len};
+    if (!s->whead && !s->ctx->completion &&
+        (rc = iop__ready_try_write(s, all, iovcnt + 1, 0, &sent)) < 0) {
+        release(arg);
+        fail_later(s, rc);
+        return 0;
+    }
+    size_t ref_sent = sent > total ? sent - total : 0;
+    struct wchunk *c = NULL;
+    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0 ||
+        (ref_sent < ref_len && !(c = calloc(1, sizeof *c)))) {
+        release(arg);
+        return rc < 0 ? rc : -ENOMEM;
+    }
+    if (!c) {
+        release(arg);
+    } else {
+        c->is_ref = 1;
+        c->ref = ref;
+        c->len = (uint32_t)ref_len;
+        c->off = (uint32_t)ref_sent;
+        c->release = release;
+        c->release_arg = arg;
+        queue_append(s, c, ref_len - ref_sent);
+    }
+    queued_kick(s);
+    return full_check(s);
 }
 
 static void file_release(int fd, unsigned flags)
@@ -512,12 +580,7 @@ static int queue_file(iop_stream *s, int fd, off_t off, size_t len, unsigned fla
     c->file_fd = fd;
     c->file_off = off;
     c->file_len = len;
-    if (s->wtail)
-        s->wtail->next = c;
-    else
-        s->whead = c;
-    s->wtail = c;
-    s->queued += len;
+    queue_append(s, c, len);
     return 0;
 }
 
@@ -553,25 +616,15 @@ int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int
             return 0;
         }
     }
-    for (int i = 0; i < iovcnt; i++) {
-        size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
-        sent -= skip;
-        if (iov[i].iov_len > skip && (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip,
-                                                       iov[i].iov_len - skip)) < 0) {
-            file_release(file_fd, flags);
-            return rc;
-        }
+    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0) {
+        file_release(file_fd, flags);
+        return rc;
     }
     if (!len)
         file_release(file_fd, flags);
     else if ((rc = queue_file(s, file_fd, offset, len, flags)) < 0)
         return rc;
-    if (s->whead) {
-        if (s->ctx->completion)
-            iop__stream_pend(s);
-        else
-            iop__ready_kick(s);
-    }
+    queued_kick(s);
     return full_check(s);
 }
 

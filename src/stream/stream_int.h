@@ -9,17 +9,28 @@
 
 #include "ioplex/stream.h"
 
-/* One queued item: bytes (data[off..len)) or a file range. */
+/* One queued item: bytes (data[off..len)), the caller's bytes
+ * (ref[off..len), iop_stream_writev_ref) or a file range. */
 struct wchunk {
     struct wchunk *next;
     uint8_t is_file;
     uint8_t file_close;
+    uint8_t is_ref;
     uint32_t len, off, cap; /* bytes */
     int file_fd;            /* file */
     off_t file_off;
-    size_t file_len; /* bytes of the file still to send */
+    size_t file_len;               /* bytes of the file still to send */
+    const char *ref;               /* ref: not ours; release when done */
+    iop_stream_release_cb release; /* ref */
+    void *release_arg;
     char data[];
 };
+
+/* The first byte of a bytes or ref chunk not yet sent. */
+static inline const char *iop__wchunk_at(const struct wchunk *c)
+{
+    return (c->is_ref ? c->ref : c->data) + c->off;
+}
 
 #define SF_READING    0x0001u /* the user wants on_read */
 #define SF_EOF        0x0002u /* the peer's FIN was seen */
