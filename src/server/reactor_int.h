@@ -1,0 +1,116 @@
+/* reactor_int.h - the reactor worker of the event and coro models (private).
+ *
+ * A reactor model serves with srv->nworkers workers per process, one per
+ * thread: worker 0 on the thread that called iop_server_run, the others on
+ * threads of their own (iop__server_run_workers).  Each worker has
+ *
+ *   loop      its own, made on the caller's thread before any worker runs,
+ *             so that a backend that cannot start fails iop_server_run at
+ *             once
+ *   acceptor  per stream listener, on this worker's own SO_REUSEPORT socket
+ *             (iop__listener_fd): the kernel spreads connections among the
+ *             workers.  Paused while the process is at max_conns.
+ *   dgram     per udp: listener (iop__server_dgram_start)
+ *   wake      an iop_async, the one way other threads reach the worker:
+ *             "the server stops" or "a connection closed elsewhere, you may
+ *             accept again"
+ *   grace     a timer: the end of a graceful stop
+ *
+ * and shares with the other workers only the server: its nconns count and
+ * its stopping state.  reactor.c owns all of the above.  The model owns the
+ * connections and says, through struct iop__reactor_ops, what an accepted fd
+ * becomes (event.c: an iop_stream; coro_model.c: a coroutine), how many are
+ * live, and how they are asked to end and made to end.
+ *
+ * max_conns: srv->nconns counts the open connections of the process.  The
+ * core counts each one in after ops->open (pausing this worker's acceptors
+ * at the limit); the model counts it out with iop__reactor_conn_closed,
+ * which resumes them (and wakes other workers that paused).
+ *
+ * Threads: iop__reactor_run and ops->fini run on the thread that
+ * called iop_server_run (before the workers start, after they all
+ * returned); every other op on the worker's own thread, from its loop or
+ * just before / after the loop runs.
+ *
+ * Stopping: iop_server_shutdown() wakes every worker.  A worker's first
+ * wake after a stop began stops its acceptors, shuts down its listening
+ * sockets (the kernel refuses new clients), stops its datagram handles and
+ * calls ops->stop, which asks the connections to end and starts the grace
+ * timer.  On stop now, and when grace ends, ops->drop ends them at once.
+ * Once ops->count says none is left, grace and wake stop: the loop runs
+ * dry and the worker's thread returns. */
+#ifndef IOP_REACTOR_INT_H
+#define IOP_REACTOR_INT_H
+
+#include <stdint.h>
+
+#include "server/server_int.h"
+
+/* A listener as one worker sees it.  The acceptor's and a stream
+ * context's data point here. */
+struct iop__reactor_listener {
+    iop_acceptor acc; /* unused for udp: listeners */
+    struct iop__reactor *r;
+    int index;  /* in srv->ls */
+    int live;   /* acceptor started and its close_cb not yet run */
+    void *data; /* the model's, per listener (event: the stream context) */
+};
+
+/* One worker.  A model's worker struct begins with it (ops->worker_size
+ * bytes each, zeroed), so that the model can cast back to its own.  Models
+ * read srv, index, loop and ls (and own ls[i].data); the rest is the
+ * core's. */
+struct iop__reactor {
+    iop_server *srv;
+    const struct iop__reactor_ops *ops;
+    unsigned index; /* worker number within the process */
+    iop_loop *loop;
+    iop_async wake;
+    iop_timer grace;
+    struct iop__reactor_listener *ls; /* per listener */
+    iop_dgram **dgrams;               /* per listener (NULL for stream) */
+    int paused;                       /* acceptors paused at max_conns */
+    int stopping;                     /* this worker has begun its stop */
+    uint64_t too_high_logged;         /* select: last log of an fd >= FD_SETSIZE, ms */
+    int rc;                           /* first error of this worker */
+};
+
+struct iop__reactor_ops {
+    size_t worker_size; /* sizeof the model's worker struct */
+    /* A stream listener, before its acceptor starts (NULL: nothing). */
+    int (*listen)(struct iop__reactor_listener *li);
+    /* An accepted fd (owned from here) becomes a connection: *conn.  On
+     * failure the fd is closed and -errno returned (the core logs it).
+     * Nothing of the connection runs yet: the core counts it first. */
+    int (*open)(struct iop__reactor_listener *li, int fd, void **conn);
+    /* Let the connection open gave run (on_open, the coroutine's body). */
+    void (*start)(struct iop__reactor *r, void *conn);
+    /* Connections of this worker not yet gone. */
+    size_t (*count)(const struct iop__reactor *r);
+    /* A graceful stop began: ask the connections to end, and start the
+     * grace timer with iop__reactor_start_grace where the model's order of
+     * steps wants it. */
+    void (*stop)(struct iop__reactor *r);
+    /* Stop now, or grace is over: end every connection at once.  May be
+     * called more than once. */
+    void (*drop)(struct iop__reactor *r);
+    /* After the worker's loop returned, on its thread (NULL: nothing). */
+    void (*after_run)(struct iop__reactor *r);
+    /* Free the model's part of the worker, before its loop is freed; also
+     * for a worker that never ran (its loop may then be NULL). */
+    void (*fini)(struct iop__reactor *r);
+};
+
+/* Serve srv with the model of ops until it stops: 0, or the first worker's
+ * -errno.  iop__event_run and iop__coro_run are this. */
+int iop__reactor_run(iop_server *srv, const struct iop__reactor_ops *ops);
+
+/* A connection of r is gone (the model closed it): count it out of
+ * max_conns (which may resume paused acceptors) and, while stopping, let
+ * the worker finish when it was the last. */
+void iop__reactor_conn_closed(struct iop__reactor *r);
+
+/* For ops->stop: start the grace timer if connections are left. */
+void iop__reactor_start_grace(struct iop__reactor *r);
+
+#endif
