@@ -145,6 +145,22 @@ IOP_TEST(processes_and_workers, be)
     fixture_stop(&f); /* the parent forwards SIGTERM; all must exit 0 */
 }
 
+/* A loop that cannot start fails iop_server_run with its -errno, also when
+ * workers after the failed one were never set up. */
+IOP_TEST(run_fails_when_a_loop_cannot_start, be)
+{
+    (void)be;
+    struct iop_server_config cfg = up_config();
+    cfg.workers = 2;
+    cfg.backend = IOP_BACKEND_SELECT; /* select has no edge mode */
+    cfg.loop_flags = IOP_LOOP_EDGE;
+    iop_server *srv;
+    CHECK_OK(iop_server_new(&srv, &cfg));
+    CHECK(iop_server_listen(srv, "127.0.0.1:0") >= 0);
+    CHECK_EQ(iop_server_run(srv), -ENOTSUP);
+    iop_server_free(srv);
+}
+
 /* A worker process that dies is restarted, and the port keeps serving. */
 IOP_TEST(dead_worker_process_is_restarted, be)
 {
