@@ -1,11 +1,11 @@
 /* coro_model.c - the coro model: a coroutine per connection on a reactor.
  *
- * Like the event model (event.c), each worker thread has its own loop, its
- * own SO_REUSEPORT sockets, an acceptor per stream listener and a datagram
- * handle per udp: listener.  Each accepted connection gets an iop_coro that
- * runs the blocking-style handler (verify / setup / handle / finish) over
- * an iop_conn whose raw ops are conn.c's readiness ones; its `wait` parks
- * the coroutine:
+ * The workers are reactor.c's, as in the event model: a loop per worker
+ * thread, its own SO_REUSEPORT sockets, an acceptor per stream listener and
+ * a datagram handle per udp: listener.  Each accepted connection gets an
+ * iop_coro that runs the blocking-style handler (verify / setup / handle /
+ * finish) over an iop_conn whose raw ops are conn.c's readiness ones; its
+ * `wait` parks the coroutine:
  *
  *   an iop_io watcher on the fd (level-triggered, also on an edge loop; on
  *   io_uring it is a poll request rather than completion IO) and an
@@ -17,30 +17,18 @@
  * body returned has its fd closed at once; the coroutine itself is freed
  * by a defer (or at teardown), outside its own stack.
  *
- * Stopping: iop_server_shutdown() wakes every worker (iop_async).  A worker
- * stops its acceptors and datagram handles and lets its coroutines finish
- * for at most grace_ms; then (or at once on stop now) it sets its stop_now
- * flag and resumes every parked coroutine with -ECANCELED.  When none is
- * left its loop runs dry and the thread returns. */
+ * Stopping: a worker's coroutines may finish for at most grace_ms (those
+ * idle between requests are resumed with -ECANCELED at once); then (or at
+ * once on stop now) it sets its stop_now flag and resumes every parked
+ * coroutine with -ECANCELED. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
-#include <string.h>
-#include <sys/select.h>
 #include <unistd.h>
 
 #include "ioplex/coro.h"
 #include "server/conn_int.h"
-#include "server/server_int.h"
-
-struct cw;
-
-struct cw_listener {
-    iop_acceptor acc;
-    struct cw *wk;
-    int index;
-    int live; /* started and its close_cb not yet run */
-};
+#include "server/reactor_int.h"
 
 struct cconn {
     iop_conn conn; /* first: the iop_conn * handed to the handler is this */
@@ -56,48 +44,16 @@ struct cconn {
 };
 
 struct cw {
-    iop_server *srv;
-    unsigned index;
-    iop_loop *loop;
-    iop_async wake;
-    iop_timer grace;
-    struct cw_listener *ls; /* per listener (unused for udp) */
-    iop_dgram **dgrams;     /* per listener (NULL for stream) */
-    struct cconn *conns;    /* every cconn not yet freed */
-    size_t live;            /* of them, not done */
-    atomic_int now;         /* the conns' stop_now flag */
-    int paused, stopping, now_done;
-    uint64_t too_high_logged;
-    int rc;
+    struct iop__reactor r; /* first: the reactor's worker is this */
+    struct cconn *conns;   /* every cconn not yet freed */
+    size_t live;           /* of them, not done */
+    atomic_int now;        /* the conns' stop_now flag */
+    int now_done;          /* cancel_all ran */
 };
 
-struct cmodel {
-    struct cw *workers;
-    unsigned n;
-};
-
-static void worker_check_done(struct cw *wk);
-
-/* ---- max_conns ---------------------------------------------------------- */
-
-static void acceptors_pause(struct cw *wk, int pause)
+static struct cw *cw_of(struct iop__reactor *r)
 {
-    if (wk->paused == pause || wk->stopping)
-        return;
-    wk->paused = pause;
-    for (size_t i = 0; i < wk->srv->nls; i++)
-        if (wk->ls[i].live)
-            (void)(pause ? iop_acceptor_pause(&wk->ls[i].acc)
-                         : iop_acceptor_resume(&wk->ls[i].acc));
-}
-
-static void conns_fell(struct cw *wk)
-{
-    struct cmodel *m = wk->srv->model;
-    acceptors_pause(wk, 0);
-    for (unsigned w = 0; w < m->n; w++)
-        if (&m->workers[w] != wk && m->workers[w].paused)
-            iop_async_send(&m->workers[w].wake);
+    return (struct cw *)r;
 }
 
 /* ---- connections --------------------------------------------------------- */
@@ -126,18 +82,13 @@ static void reap_cb(iop_defer *d)
 static void conn_finished(struct cconn *cc)
 {
     struct cw *wk = cc->wk;
-    iop_server *srv = wk->srv;
     cc->done = 1;
     iop_io_stop(&cc->io);
     close(cc->conn.fd);
     wk->live--;
-    if (iop_defer_start(wk->loop, &cc->reap, reap_cb) < 0)
+    if (iop_defer_start(wk->r.loop, &cc->reap, reap_cb) < 0)
         cconn_free(cc); /* safe: we are not on its stack */
-    size_t before = atomic_fetch_sub(&srv->nconns, 1);
-    if (before >= srv->cfg.max_conns)
-        conns_fell(wk);
-    if (wk->stopping)
-        worker_check_done(wk);
+    iop__reactor_conn_closed(&wk->r);
 }
 
 /* Resume cc (from a loop callback only) with rc as its wait's result. */
@@ -179,14 +130,14 @@ static int co_wait(iop_conn *c, unsigned events)
     if (!cc->io.active) {
         iop_io_init(&cc->io, c->fd, io_cb);
         cc->io.data = cc;
-        rc = iop_io_start(wk->loop, &cc->io, want | IOP_LEVEL);
+        rc = iop_io_start(wk->r.loop, &cc->io, want | IOP_LEVEL);
     } else if ((cc->io.events & (IOP_READ | IOP_WRITE)) != want) {
         rc = iop_io_modify(&cc->io, want | IOP_LEVEL);
     }
     if (rc < 0)
         return rc;
     unsigned idle = iop__conn_wait_ms(c);
-    if (idle && (rc = iop_timer_start(wk->loop, &cc->idle, idle, 0)) < 0)
+    if (idle && (rc = iop_timer_start(wk->r.loop, &cc->idle, idle, 0)) < 0)
         return rc;
     cc->parked = 1;
     void *in = NULL;
@@ -232,37 +183,18 @@ static void *conn_body(iop_coro *co, void *arg)
     return NULL;
 }
 
-static void too_high(struct cw *wk, int fd)
-{
-    uint64_t now = iop_loop_now(wk->loop);
-    if (!wk->too_high_logged || now - wk->too_high_logged >= 1000) {
-        wk->too_high_logged = now;
-        iop__server_log(wk->srv, "select: fd %d >= FD_SETSIZE (%d): connection closed", fd,
-                        FD_SETSIZE);
-    }
-}
+/* ---- the reactor's ops ----------------------------------------------------- */
 
-static void on_accept(iop_acceptor *acc, int fd)
+static int co_open(struct iop__reactor_listener *li, int fd, void **conn)
 {
-    struct cw_listener *li = acc->data;
-    struct cw *wk = li->wk;
-    iop_server *srv = wk->srv;
-    if (wk->stopping) {
-        close(fd);
-        return;
-    }
-    if (!(iop_loop_caps(wk->loop) & IOP_CAP_ANY_FD) && fd >= FD_SETSIZE) {
-        too_high(wk, fd);
-        close(fd);
-        return;
-    }
+    struct cw *wk = cw_of(li->r);
+    iop_server *srv = wk->r.srv;
     struct cconn *cc = calloc(1, sizeof *cc);
     int rc = cc ? iop_coro_new(&cc->co, conn_body, cc, srv->cfg.stack_size) : -ENOMEM;
     if (rc < 0) {
-        iop__server_log(srv, "connection refused: %s", iop_strerror(rc));
         free(cc);
         close(fd);
-        return;
+        return rc;
     }
     iop__conn_init(&cc->conn, srv, &co_ops, fd, li->index, &wk->now);
     cc->wk = wk;
@@ -274,39 +206,41 @@ static void on_accept(iop_acceptor *acc, int fd)
         wk->conns->prev = cc;
     wk->conns = cc;
     wk->live++;
-    if (atomic_fetch_add(&srv->nconns, 1) + 1 >= srv->cfg.max_conns)
-        acceptors_pause(wk, 1);
+    *conn = cc;
+    return 0;
+}
+
+static void co_start(struct iop__reactor *r, void *conn)
+{
+    (void)r;
+    struct cconn *cc = conn;
     if (iop_coro_resume(cc->co, NULL, NULL) == 1)
         conn_finished(cc);
 }
 
-static void on_accept_error(iop_acceptor *acc, int err)
+static size_t co_count(const struct iop__reactor *r)
 {
-    struct cw_listener *li = acc->data;
-    iop__server_log(li->wk->srv, "accept on listener %d: %s%s", li->index, iop_strerror(err),
-                    err == -EMFILE || err == -ENFILE ? " (shedding connections)" : "");
+    return ((const struct cw *)r)->live;
 }
 
-/* ---- a worker ------------------------------------------------------------- */
-
-static void acceptor_closed(iop_acceptor *acc)
+static void co_stop(struct iop__reactor *r)
 {
-    struct cw_listener *li = acc->data;
-    li->live = 0;
+    struct cw *wk = cw_of(r);
+    iop__reactor_start_grace(r);
+    /* Connections idle between requests end now, not at the grace
+     * limit. */
+    for (struct cconn *cc = wk->conns; cc; cc = cc->next)
+        if (!cc->done && cc->conn.idle)
+            conn_resume(cc, -ECANCELED);
 }
 
-/* Stopping and nothing left: let the loop run dry. */
-static void worker_check_done(struct cw *wk)
+/* Every parked coroutine gets -ECANCELED (loop callbacks only).  Once is
+ * enough: with the stop_now flag set none can park again. */
+static void co_drop(struct iop__reactor *r)
 {
-    if (wk->live > 0)
+    struct cw *wk = cw_of(r);
+    if (wk->now_done)
         return;
-    iop_timer_stop(&wk->grace);
-    iop_async_stop(&wk->wake);
-}
-
-/* Every parked coroutine gets -ECANCELED (loop callbacks only). */
-static void cancel_all(struct cw *wk)
-{
     wk->now_done = 1;
     atomic_store(&wk->now, 1);
     /* Resuming never unlinks (reaping is deferred): the list holds still. */
@@ -315,67 +249,11 @@ static void cancel_all(struct cw *wk)
             conn_resume(cc, -ECANCELED);
 }
 
-static void grace_over(iop_timer *t)
+/* On the worker's thread (coroutines belong to it) after its loop, and at
+ * teardown for a worker that never ran. */
+static void co_drop_conns(struct iop__reactor *r)
 {
-    cancel_all(t->data);
-}
-
-static void worker_stop(struct cw *wk, int now)
-{
-    iop_server *srv = wk->srv;
-    if (!wk->stopping) {
-        wk->stopping = 1;
-        for (size_t i = 0; i < srv->nls; i++)
-            if (wk->ls[i].live)
-                iop_acceptor_stop(&wk->ls[i].acc, acceptor_closed);
-        iop__server_refuse(srv, wk->index);
-        iop__server_dgram_stop(srv, wk->dgrams);
-        if (wk->live > 0)
-            (void)iop_timer_start(wk->loop, &wk->grace, srv->cfg.grace_ms, 0);
-        /* Connections idle between requests end now, not at the grace
-         * limit. */
-        for (struct cconn *cc = wk->conns; cc; cc = cc->next)
-            if (!cc->done && cc->conn.idle)
-                conn_resume(cc, -ECANCELED);
-    }
-    if (now && !wk->now_done)
-        cancel_all(wk);
-    worker_check_done(wk);
-}
-
-static void wake_cb(iop_async *a)
-{
-    struct cw *wk = a->data;
-    int stopping = atomic_load(&wk->srv->stopping);
-    if (stopping)
-        worker_stop(wk, stopping >= IOP__NOW);
-    else if (wk->paused && atomic_load(&wk->srv->nconns) < wk->srv->cfg.max_conns)
-        acceptors_pause(wk, 0);
-}
-
-static int worker_listen(struct cw *wk)
-{
-    iop_server *srv = wk->srv;
-    for (size_t i = 0; i < srv->nls; i++) {
-        struct cw_listener *li = &wk->ls[i];
-        li->wk = wk;
-        li->index = (int)i;
-        if (srv->ls[i].kind == IOP_ADDR_UDP)
-            continue;
-        li->acc.data = li;
-        int rc = iop_acceptor_start(wk->loop, &li->acc, iop__listener_fd(srv, i, wk->index),
-                                    on_accept, on_accept_error);
-        if (rc < 0)
-            return rc;
-        li->live = 1;
-    }
-    return iop__server_dgram_start(srv, wk->loop, wk->index, wk->dgrams);
-}
-
-/* On the worker's thread (coroutines belong to it), after its loop. */
-static void worker_drop_conns(struct cw *wk)
-{
-    iop_server *srv = wk->srv;
+    struct cw *wk = cw_of(r);
     /* Coroutines done but not reaped yet (the loop ran dry first).  A
      * suspended one is left only if the loop failed: dropped as it stands. */
     while (wk->conns) {
@@ -384,88 +262,24 @@ static void worker_drop_conns(struct cw *wk)
             iop_io_stop(&cc->io);
             iop_timer_stop(&cc->idle);
             close(cc->conn.fd);
-            atomic_fetch_sub(&srv->nconns, 1);
+            atomic_fetch_sub(&r->srv->nconns, 1);
         }
         cconn_free(cc);
     }
 }
 
-static void worker_teardown(struct cw *wk)
-{
-    iop_server *srv = wk->srv;
-    worker_drop_conns(wk);
-    if (wk->loop && iop_loop_free(wk->loop) < 0)
-        iop__server_log(srv, "worker %u: loop still busy at exit", wk->index);
-    free(wk->ls);
-    free(wk->dgrams);
-}
-
-static void *worker_main(void *arg)
-{
-    struct cw *wk = arg;
-    int rc = worker_listen(wk);
-    if (rc < 0) {
-        iop__server_log(wk->srv, "worker %u: %s", wk->index, iop_strerror(rc));
-        wk->rc = rc;
-        worker_stop(wk, 1);
-    } else if (atomic_load(&wk->srv->stopping)) {
-        worker_stop(wk, atomic_load(&wk->srv->stopping) >= IOP__NOW);
-    }
-    rc = iop_loop_run(wk->loop, IOP_RUN_DEFAULT);
-    if (rc < 0 && !wk->rc)
-        wk->rc = rc;
-    worker_drop_conns(wk);
-    return NULL;
-}
-
-static int worker_init(iop_server *srv, struct cw *wk, unsigned index)
-{
-    wk->srv = srv;
-    wk->index = index;
-    wk->ls = calloc(srv->nls, sizeof *wk->ls);
-    wk->dgrams = calloc(srv->nls, sizeof *wk->dgrams);
-    if (!wk->ls || !wk->dgrams)
-        return -ENOMEM;
-    int rc = iop_loop_new(&wk->loop, srv->cfg.backend, srv->cfg.loop_flags);
-    if (rc < 0)
-        return rc;
-    iop_timer_init(&wk->grace, grace_over);
-    wk->grace.data = wk;
-    wk->wake.data = wk;
-    return iop_async_start(wk->loop, &wk->wake, wake_cb);
-}
-
-static void notify_workers(iop_server *srv)
-{
-    struct cmodel *m = srv->model;
-    for (unsigned w = 0; w < m->n; w++)
-        iop_async_send(&m->workers[w].wake);
-}
+static const struct iop__reactor_ops co_reactor_ops = {
+    .worker_size = sizeof(struct cw),
+    .open = co_open,
+    .start = co_start,
+    .count = co_count,
+    .stop = co_stop,
+    .drop = co_drop,
+    .after_run = co_drop_conns,
+    .fini = co_drop_conns,
+};
 
 int iop__coro_run(iop_server *srv)
 {
-    struct cmodel m = {calloc(srv->nworkers, sizeof(struct cw)), srv->nworkers};
-    if (!m.workers)
-        return -ENOMEM;
-    int rc = 0;
-    for (unsigned w = 0; w < m.n && rc == 0; w++)
-        rc = worker_init(srv, &m.workers[w], w);
-    if (rc == 0) {
-        srv->model = &m;
-        srv->notify = notify_workers;
-        if (atomic_load(&srv->stopping))
-            notify_workers(srv);
-        iop__server_run_workers(m.workers, sizeof(struct cw), m.n, worker_main);
-        iop__server_quiesce(srv);
-        srv->model = NULL;
-        for (unsigned w = 0; w < m.n && rc == 0; w++)
-            rc = m.workers[w].rc;
-    }
-    for (unsigned w = 0; w < m.n; w++) {
-        if (m.workers[w].loop && m.workers[w].wake.loop)
-            iop_async_stop(&m.workers[w].wake);
-        worker_teardown(&m.workers[w]);
-    }
-    free(m.workers);
-    return rc;
+    return iop__reactor_run(srv, &co_reactor_ops);
 }
