@@ -1,6 +1,6 @@
 /* server.c - the server object: listeners, worker processes, shutdown, and
  * the datagram listeners every model serves.  The models themselves are in
- * event.c, coro_model.c and blocking.c. */
+ * event.c and coro_model.c (on reactor.c's workers) and blocking.c. */
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>

@@ -2,10 +2,12 @@
  *
  * server.c     the object, listeners, processes (pre-fork + supervision),
  *              shutdown, and the datagram listeners every model serves
- * event.c      the event model: reactors (one per worker thread), each with
- *              an acceptor and a stream context per stream listener
- * coro_model.c the coro model: reactors like event.c, a coroutine per
- *              connection running the blocking-style handler
+ * reactor.c    the reactor worker of the event and coro models (one per
+ *              worker thread): loop, acceptors, max_conns, datagrams, stop
+ * event.c      the event model: reactors, each with a stream context per
+ *              stream listener; a connection is a stream
+ * coro_model.c the coro model: reactors, a coroutine per connection
+ *              running the blocking-style handler
  * blocking.c   iterative, thread and fork: an accept loop on one reactor,
  *              handle() run inline, on a thread or in a child process; and
  *              the blocking iop_conn calls
