@@ -521,8 +521,10 @@ static int queue_file(iop_stream *s, int fd, off_t off, size_t len, unsigned fla
     return 0;
 }
 
-/* Readiness with an empty queue: the head with MSG_MORE, then the file, at
- * once.  Returns 0 with *sent / *off / *len advanced, or -errno. */
+/* An empty queue: the head with MSG_MORE, then the file, at once, on either
+ * engine (io_uring has no sendfile op; inline, the file needs no dup and
+ * nothing is queued).  Returns 0 with *sent / *off / *len advanced, or
+ * -errno. */
 static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size_t total,
                         size_t *sent, int fd, off_t *off, size_t *len)
 {
@@ -545,7 +547,7 @@ int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int
     size_t total = 0, sent = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (!s->whead && !s->ctx->completion && (total || len)) {
+    if (!s->whead && (total || len)) {
         rc = sendfile_now(s, iov, iovcnt, total, &sent, file_fd, &offset, &len);
         if (rc < 0) {
             file_release(file_fd, flags);
