@@ -304,7 +304,7 @@ static int head_now(iop_stream *s)
         iov[n] = (struct iovec){k->data + k->off, k->len - k->off};
         total += iov[n++].iov_len;
     }
-    int rc = iop__ready_try_write(s, iov, n, 1, &sent);
+    int rc = iop__try_write(s, iov, n, 1, &sent);
     if (rc < 0)
         return rc;
     iop__stream_consumed(s, sent);

@@ -461,7 +461,7 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     /* Write first, wait later: with nothing queued, the kernel usually
      * takes the whole reply now and nothing is copied. */
     if (!s->whead && !s->ctx->completion) {
-        rc = iop__ready_try_write(s, iov, iovcnt, 0, &sent);
+        rc = iop__try_write(s, iov, iovcnt, 0, &sent);
         if (rc < 0) {
             fail_later(s, rc);
             return 0;
@@ -529,11 +529,11 @@ static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size
                         size_t *sent, int fd, off_t *off, size_t *len)
 {
     if (iovcnt) {
-        int rc = iop__ready_try_write(s, iov, iovcnt, *len > 0, sent);
+        int rc = iop__try_write(s, iov, iovcnt, *len > 0, sent);
         if (rc < 0 || *sent < total)
             return rc;
     }
-    return *len ? iop__ready_try_sendfile(s, fd, off, len) : 0;
+    return *len ? iop__try_sendfile(s, fd, off, len) : 0;
 }
 
 int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
