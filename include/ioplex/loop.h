@@ -318,8 +318,8 @@ int iop_op_splice(iop_loop *loop, iop_op *op, int fd_in, int64_t off_in, int fd_
                   int64_t off_out, size_t len, unsigned opflags, iop_op_cb cb);
 
 /* One-shot readiness of fd (POLLIN/POLLOUT bits); res is the revents mask.
- * For the rare op that a socket cannot finish without waiting (a splice into
- * a full socket answers -EAGAIN). */
+ * For the rare transfer that has no op of its own (sendfile(2) into a full
+ * socket answers EAGAIN). */
 int iop_op_poll(iop_loop *loop, iop_op *op, int fd, unsigned pollmask, iop_op_cb cb);
 
 /* close(fd) done by the kernel. */

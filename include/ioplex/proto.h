@@ -50,7 +50,7 @@ int iop_echo_handler(const struct iop_echo_config *cfg, struct iop_handler *h);
  *
  * GET and HEAD of the files under one directory, for every model: event
  * connections parse straight from the read buffer and send each file with
- * sendfile (readiness) or splices (io_uring); blocking-style handlers do
+ * sendfile(2) (on io_uring too); blocking-style handlers do
  * the same through iop_conn.  Nothing outside the directory is ever served:
  * targets are percent-decoded, dot segments applied (never above the root)
  * and every file is opened with openat2(RESOLVE_BENEATH), which refuses

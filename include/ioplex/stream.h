@@ -9,8 +9,10 @@
  *     context when the fd is readable (edge: until EAGAIN) and try every
  *     write at once, queueing only what the kernel would not take;
  *   - io_uring reads with a multishot recv into a ring of provided buffers
- *     that the kernel fills, and writes with sendmsg requests, sendfile with
- *     linked splices; every request of an iteration is one system call.
+ *     that the kernel fills, and writes with sendmsg requests; every request
+ *     of an iteration is one system call.  Files are the exception: io_uring
+ *     has no sendfile op, so they go by sendfile(2) inline, and only a full
+ *     socket waits, on a poll request.
  *
  * Streams are made from a context (iop_stream_ctx): the callbacks and limits
  * that many connections share (all connections of a listener, typically),
@@ -109,10 +111,9 @@ int iop_stream_write(iop_stream *s, const void *buf, size_t len);
 int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
 
 /* Queue len bytes of file_fd from offset, in order with the writes, sent by
- * sendfile(2) (readiness) or splice (uring): never copied through user
- * space.  With IOP_SENDFILE_CLOSE the stream closes file_fd when it is done
- * with it (sent, failed or stream closed); otherwise the caller must keep it
- * open until then (on_drain / on_close).  Return as iop_stream_write. */
+ * sendfile(2) on every backend: never copied through user space.  With IOP_SENDFILE_CLOSE the
+ * stream closes file_fd when it is done with it (sent, failed or stream closed); otherwise the
+ * caller must keep it open until then (on_drain / on_close).  Return as iop_stream_write. */
 #define IOP_SENDFILE_CLOSE 0x01u
 /* With IOP_SENDFILE_DUP the stream keeps a dup(2) of file_fd if it cannot
  * send the range within the call, so the caller may close (or cache and
@@ -120,8 +121,8 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
 #define IOP_SENDFILE_DUP 0x02u
 int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags);
 /* A response in one call: the iov bytes (copied if queued), then the file
- * range.  On readiness backends with nothing queued both go at once, the
- * bytes with MSG_MORE, so a small response leaves in one TCP segment. */
+ * range.  With nothing queued both go at once, the bytes with MSG_MORE, so a
+ * small response leaves in one TCP segment. */
 int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
                          off_t offset, size_t len, unsigned flags);
 

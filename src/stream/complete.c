@@ -7,23 +7,22 @@
  *             stops taking bytes from the kernel (backpressure).
  *   write     the queue becomes one sendmsg (up to 64 chunks) per round;
  *             writes made while one is in flight join the next round.
- *   sendfile  file -> pipe -> socket as two linked splices; a socket that
- *             is full answers the second with -EAGAIN, and a one-shot poll
- *             request waits for room.
+ *   sendfile  the one exception: sendfile(2) inline, bytes queued before
+ *             the file sent inline too (MSG_MORE), until the socket is full;
+ *             then a one-shot poll request waits for room.  io_uring has no
+ *             sendfile op, and SPLICE ops always run on io-wq threads.
  *   close     cancel what is in flight, wait for every completion (the
  *             kernel may still be using our memory), then close the fd. */
 #include <errno.h>
-#include <fcntl.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/sendfile.h>
 #include <sys/socket.h>
-#include <unistd.h>
 
 #include "stream/stream_int.h"
 
 #define IOV_BATCH 64
-#define PIPE_SIZE (256 * 1024)
 
 struct usend {
     iop_op op;
@@ -32,19 +31,10 @@ struct usend {
     struct iovec iov[];
 };
 
-struct usplice {
-    iop_op in, out, wait;
-    iop_stream *s;
-    int pipe[2];
-    size_t inpipe; /* bytes in the pipe, not yet in the socket */
-    size_t cap;
-    int nflight;
-};
-
 struct comp_extra {
     struct usend *send;
-    struct usplice *splice;
     struct wchunk *stash;
+    iop_op wait; /* POLLOUT: a file (or the bytes before it) met a full socket */
 };
 
 static const struct comp_extra no_extra;
@@ -65,7 +55,7 @@ static struct comp_extra *xget(iop_stream *s)
 static void xtrim(iop_stream *s)
 {
     struct comp_extra *x = s->u.c.x;
-    if (x && !x->send && !x->splice && !x->stash) {
+    if (x && !x->send && !x->stash && !x->wait.inflight) {
         free(x);
         s->u.c.x = NULL;
     }
@@ -261,133 +251,115 @@ static void start_send(iop_stream *s)
     x->send = u;
 }
 
-/* ---- sendfile: linked splices ------------------------------------------ */
+/* ---- files: sendfile(2) when the socket has room ------------------------
+ * io_uring has no sendfile op, and the kernel runs every SPLICE on an io-wq
+ * worker thread: a thread hand-off per file.  sendfile(2) is one syscall,
+ * made inline on the (non-blocking) socket; only a full socket waits, on a
+ * one-shot poll request. */
 
-static void splice_step(iop_stream *s);
-
-static void splice_settle(struct usplice *sp)
+static void wait_cb(iop_op *op, int res, unsigned flags)
 {
-    iop_stream *s = sp->s;
-    if (--sp->nflight > 0)
-        return;
-    if (s->flags & SF_CLOSING)
+    iop_stream *s = op->data;
+    (void)flags;
+    if (s->flags & SF_CLOSING) {
         maybe_done(s);
-    else if (!(s->flags & SF_FAILED))
-        splice_step(s);
-}
-
-static void splice_in_cb(iop_op *op, int res, unsigned flags)
-{
-    struct usplice *sp = (struct usplice *)((char *)op - offsetof(struct usplice, in));
-    struct wchunk *c = sp->s->whead;
-    (void)flags;
-    if (res > 0 && c && c->is_file) {
-        sp->inpipe += (size_t)res;
-        c->file_off += res;
-        c->file_len -= (size_t)res;
-    } else if (!(sp->s->flags & SF_CLOSING) && res != -ECANCELED) {
-        iop__stream_fail(sp->s, res == 0 ? -EIO : res); /* 0: file shorter than promised */
+        return;
     }
-    splice_settle(sp);
-}
-
-static void splice_wait_cb(iop_op *op, int res, unsigned flags)
-{
-    struct usplice *sp = (struct usplice *)((char *)op - offsetof(struct usplice, wait));
-    (void)flags;
-    if (res < 0 && res != -ECANCELED && !(sp->s->flags & SF_CLOSING))
-        iop__stream_fail(sp->s, res);
-    splice_settle(sp);
-}
-
-static void splice_out_cb(iop_op *op, int res, unsigned flags)
-{
-    struct usplice *sp = (struct usplice *)((char *)op - offsetof(struct usplice, out));
-    iop_stream *s = sp->s;
-    (void)flags;
-    if (res > 0) {
-        sp->inpipe -= (size_t)res;
-        s->queued -= (size_t)res;
-        iop__stream_touch(s);
-    } else if (res == -EAGAIN && !(s->flags & SF_CLOSING)) {
-        /* The socket is full: wait for room, then splice the pipe out. */
-        if (iop_op_poll(s->ctx->loop, &sp->wait, iop__sfd(s), POLLOUT, splice_wait_cb) == 0)
-            sp->nflight++;
-    } else if (res < 0 && res != -ECANCELED && !(s->flags & SF_CLOSING)) {
+    if (res < 0) {
         iop__stream_fail(s, res);
+        return;
     }
-    splice_settle(sp);
+    start_tx(s);
+    xtrim(s);
 }
 
-static struct usplice *splice_get(iop_stream *s)
+static int wait_room(iop_stream *s)
 {
-    if (xt(s)->splice)
-        return xt(s)->splice;
     struct comp_extra *x = xget(s);
     if (!x)
-        return NULL;
-    struct usplice *sp = calloc(1, sizeof *sp);
-    if (!sp)
-        return NULL;
-    if (pipe2(sp->pipe, O_CLOEXEC | O_NONBLOCK) < 0) {
-        free(sp);
-        return NULL;
-    }
-    int cap = fcntl(sp->pipe[1], F_SETPIPE_SZ, PIPE_SIZE);
-    sp->cap = cap > 0 ? (size_t)cap : 65536;
-    sp->s = s;
-    x->splice = sp;
-    return sp;
+        return -ENOMEM;
+    x->wait.data = s;
+    return iop_op_poll(s->ctx->loop, &x->wait, iop__sfd(s), POLLOUT, wait_cb);
 }
 
-static void splice_step(iop_stream *s)
+/* A file within the next round: the bytes before it go at once too, with
+ * MSG_MORE, so that a response head shares a segment with the file. */
+static int file_ahead(const iop_stream *s)
 {
-    struct usplice *sp = splice_get(s);
-    struct wchunk *c = s->whead;
-    iop_loop *loop = s->ctx->loop;
-    if (!sp) {
-        iop__stream_fail(s, -errno);
-        return;
+    int n = 0;
+    const struct wchunk *k = s->whead;
+    for (; k && !k->is_file && n < IOV_BATCH; k = k->next)
+        n++;
+    return k && k->is_file;
+}
+
+/* The bytes before the file: 1 when all went, 0 when the socket is full,
+ * -errno. */
+static int head_now(iop_stream *s)
+{
+    struct iovec iov[IOV_BATCH];
+    int n = 0;
+    size_t total = 0, sent;
+    for (struct wchunk *k = s->whead; !k->is_file; k = k->next) {
+        iov[n] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
+        total += iov[n++].iov_len;
     }
-    if (!sp->inpipe && c && c->is_file && !c->file_len) {
-        s->whead = c->next; /* this file is all in the socket */
-        if (!s->whead)
-            s->wtail = NULL;
-        iop__chunk_free(s->ctx, c);
-        start_tx(s);
-        if (!(s->flags & (SF_CLOSING | SF_FAILED)))
-            iop__stream_drained(s);
-        return;
-    }
-    int rc = 0;
-    if (sp->inpipe) {
-        rc = iop_op_splice(loop, &sp->out, sp->pipe[0], -1, iop__sfd(s), -1, sp->inpipe, 0,
-                           splice_out_cb);
-        sp->nflight += rc == 0;
-    } else {
-        size_t n = c->file_len < sp->cap ? c->file_len : sp->cap;
-        rc = iop_op_splice(loop, &sp->in, c->file_fd, c->file_off, sp->pipe[1], -1, n, IOP_OP_LINK,
-                           splice_in_cb);
-        if (rc == 0) {
-            sp->nflight++;
-            rc = iop_op_splice(loop, &sp->out, sp->pipe[0], -1, iop__sfd(s), -1, n, 0,
-                               splice_out_cb);
-            sp->nflight += rc == 0;
-        }
-    }
+    int rc = iop__try_write(s, iov, n, 1, &sent);
     if (rc < 0)
+        return rc;
+    iop__stream_consumed(s, sent);
+    return sent == total;
+}
+
+/* The file at the head: as much as the socket takes.  1 when all went, 0
+ * when the socket is full (a short count says so: no second call to hear
+ * EAGAIN), -EIO when the file is shorter than promised, -errno. */
+static int file_now(iop_stream *s)
+{
+    struct wchunk *c = s->whead;
+    off_t off = c->file_off;
+    size_t n = c->file_len < (1u << 30) ? c->file_len : (1u << 30);
+    ssize_t r;
+    do
+        r = sendfile(iop__sfd(s), c->file_fd, &off, n);
+    while (r < 0 && errno == EINTR);
+    if (r < 0)
+        return errno == EAGAIN ? 0 : -errno;
+    if (r == 0)
+        return -EIO;
+    iop__stream_consumed(s, (size_t)r);
+    return (size_t)r == n;
+}
+
+/* Files and the bytes before them, at once, until the socket is full; then
+ * wait for room.  What follows the last file goes as a send request. */
+static void tx_now(iop_stream *s)
+{
+    int rc = 1;
+    size_t before = s->queued;
+    while (rc > 0 && s->whead && file_ahead(s))
+        rc = s->whead->is_file ? file_now(s) : head_now(s);
+    if (rc == 0)
+        rc = wait_room(s);
+    if (rc < 0) {
         iop__stream_fail(s, rc);
+        return;
+    }
+    if (s->whead && !xt(s)->wait.inflight)
+        start_send(s);
+    if (s->queued < before && !(s->flags & (SF_CLOSING | SF_FAILED)))
+        iop__stream_drained(s);
 }
 
 /* Next round of the queue, if none is in flight. */
 static void start_tx(iop_stream *s)
 {
-    if (!s->whead || xt(s)->send || (xt(s)->splice && xt(s)->splice->nflight))
+    if (!s->whead || xt(s)->send || xt(s)->wait.inflight)
         return;
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
-    if (s->whead->is_file)
-        splice_step(s);
+    if (file_ahead(s))
+        tx_now(s);
     else
         start_send(s);
 }
@@ -411,7 +383,7 @@ void iop__comp_pending(iop_stream *s)
 
 static int busy(const iop_stream *s)
 {
-    return (s->flags & SF_RECV_ARMED) || xt(s)->send || (xt(s)->splice && xt(s)->splice->nflight);
+    return (s->flags & SF_RECV_ARMED) || xt(s)->send || xt(s)->wait.inflight;
 }
 
 int iop__comp_busy(const iop_stream *s)
@@ -424,11 +396,6 @@ static void maybe_done(iop_stream *s)
     if (busy(s) || (s->flags & SF_DONE))
         return;
     struct comp_extra *x = s->u.c.x;
-    if (x && x->splice) {
-        close(x->splice->pipe[0]);
-        close(x->splice->pipe[1]);
-        free(x->splice);
-    }
     while (x && x->stash) {
         struct wchunk *c = x->stash;
         x->stash = c->next;
@@ -445,12 +412,7 @@ void iop__comp_close(iop_stream *s)
         (void)iop_op_cancel(&s->u.c.recv);
     if (xt(s)->send)
         (void)iop_op_cancel(&xt(s)->send->op);
-    struct usplice *sp = xt(s)->splice;
-    if (sp) {
-        iop_op *ops[] = {&sp->in, &sp->out, &sp->wait};
-        for (int i = 0; i < 3; i++)
-            if (ops[i]->inflight)
-                (void)iop_op_cancel(ops[i]);
-    }
+    if (xt(s)->wait.inflight)
+        (void)iop_op_cancel(&s->u.c.x->wait);
     maybe_done(s);
 }

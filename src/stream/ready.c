@@ -88,7 +88,7 @@ static ssize_t send_iov(int fd, const struct iovec *iov, int n, int more)
     return r;
 }
 
-int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more, size_t *sent)
+int iop__try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more, size_t *sent)
 {
     *sent = 0;
     if (iovcnt > IOV_BATCH)
@@ -121,7 +121,7 @@ static int send_file(int sock, int fd, off_t *off, size_t *len)
     return 1;
 }
 
-int iop__ready_try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len)
+int iop__try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len)
 {
     size_t before = *len;
     int rc = send_file(iop__sfd(s), fd, off, len);

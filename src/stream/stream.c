@@ -498,7 +498,7 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     /* Write first, wait later: with nothing queued, the kernel usually
      * takes the whole reply now and nothing is copied. */
     if (!s->whead && !s->ctx->completion) {
-        rc = iop__ready_try_write(s, iov, iovcnt, 0, &sent);
+        rc = iop__try_write(s, iov, iovcnt, 0, &sent);
         if (rc < 0) {
             fail_later(s, rc);
             return 0;
@@ -530,7 +530,7 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
         total += (all[i] = iov[i]).iov_len;
     all[iovcnt] = (struct iovec){(void *)(uintptr_t)ref, ref_len};
     if (!s->whead && !s->ctx->completion &&
-        (rc = iop__ready_try_write(s, all, iovcnt + 1, 0, &sent)) < 0) {
+        (rc = iop__try_write(s, all, iovcnt + 1, 0, &sent)) < 0) {
         release(arg);
         fail_later(s, rc);
         return 0;
@@ -584,17 +584,19 @@ static int queue_file(iop_stream *s, int fd, off_t off, size_t len, unsigned fla
     return 0;
 }
 
-/* Readiness with an empty queue: the head with MSG_MORE, then the file, at
- * once.  Returns 0 with *sent / *off / *len advanced, or -errno. */
+/* An empty queue: the head with MSG_MORE, then the file, at once, on either
+ * engine (io_uring has no sendfile op; inline, the file needs no dup and
+ * nothing is queued).  Returns 0 with *sent / *off / *len advanced, or
+ * -errno. */
 static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size_t total,
                         size_t *sent, int fd, off_t *off, size_t *len)
 {
     if (iovcnt) {
-        int rc = iop__ready_try_write(s, iov, iovcnt, *len > 0, sent);
+        int rc = iop__try_write(s, iov, iovcnt, *len > 0, sent);
         if (rc < 0 || *sent < total)
             return rc;
     }
-    return *len ? iop__ready_try_sendfile(s, fd, off, len) : 0;
+    return *len ? iop__try_sendfile(s, fd, off, len) : 0;
 }
 
 int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
@@ -608,7 +610,7 @@ int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int
     size_t total = 0, sent = 0;
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
-    if (!s->whead && !s->ctx->completion && (total || len)) {
+    if (!s->whead && (total || len)) {
         rc = sendfile_now(s, iov, iovcnt, total, &sent, file_fd, &offset, &len);
         if (rc < 0) {
             file_release(file_fd, flags);

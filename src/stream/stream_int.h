@@ -2,7 +2,8 @@
  *
  * stream.c    contexts, the write queue, idle clock, deferred work, close
  * ready.c     readiness engine (select/poll/epoll): nonblocking read/write
- * complete.c  completion engine (io_uring): multishot recv, sendmsg, splice
+ * complete.c  completion engine (io_uring): multishot recv, sendmsg, and
+ *             sendfile(2) inline with a poll request when the socket is full
  */
 #ifndef IOP_STREAM_INT_H
 #define IOP_STREAM_INT_H
@@ -66,7 +67,7 @@ struct iop_stream {
         struct {   /* completion */
             int fd;
             iop_op recv;
-            /* In-flight send, file transfer, stashed bytes: allocated while
+            /* In-flight send, wait for room, stashed bytes: allocated while
              * any of them exists, so an idle stream stays small. */
             struct comp_extra *x;
         } c;
@@ -111,11 +112,14 @@ void iop__ready_read_stop(iop_stream *s);
 void iop__ready_kick(iop_stream *s); /* queue grew or read resumed */
 void iop__ready_pending(iop_stream *s);
 void iop__ready_close(iop_stream *s);
-int iop__ready_try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more,
-                         size_t *sent);
+
+/* ready.c, for both engines (io_uring has no sendfile op, so a file and the
+ * bytes before it go inline there too): at once on the non-blocking socket.
+ * write: *sent bytes went; 0 (EAGAIN included) or -errno. */
+int iop__try_write(iop_stream *s, const struct iovec *iov, int iovcnt, int more, size_t *sent);
 /* sendfile at once: advances *off, lowers *len; 0 (all sent, or the socket
  * is full) or -errno. */
-int iop__ready_try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len);
+int iop__try_sendfile(iop_stream *s, int fd, off_t *off, size_t *len);
 
 int iop__comp_read_start(iop_stream *s);
 void iop__comp_read_stop(iop_stream *s);

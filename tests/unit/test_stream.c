@@ -1040,17 +1040,27 @@ static int fd_is_open(int fd)
     return fcntl(fd, F_GETFD) >= 0;
 }
 
+/* Shrink the kernel buffers of a pair (stream side sv[0], peer sv[1]). */
+static void small_bufs(int sv[2], int size)
+{
+    CHECK(setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &size, sizeof size) == 0);
+    CHECK(setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &size, sizeof size) == 0);
+}
+
 /* Expected bytes: header (seed 82), then file[off, off+len), then trailer
  * (seed 83); sent as write, sendfile, write, shutdown.  With IOP_SENDFILE_DUP
  * in flags, header and file go in one iop_stream_sendfilev and file_fd is
- * closed right after the call, as a file cache may. */
+ * closed right after the call, as a file cache may.  bufs: kernel buffer
+ * size of the pair, 0 for the default. */
 static void sendfile_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t off, size_t len,
-                          unsigned flags)
+                          unsigned flags, int bufs)
 {
     struct iop_stream_config cfg = conn_config();
     iop_stream_ctx *ctx = new_ctx(l, &cfg);
     int sv[2];
     make_pair(kind, sv);
+    if (bufs)
+        small_bufs(sv, bufs);
     struct conn c = {0};
     conn_open(ctx, &cfg, &c, sv[0]);
     unsigned char header[1000], trailer[4093];
@@ -1106,14 +1116,14 @@ IOP_TEST_BOTH(sendfile_between_writes)
     iop_loop *l = iop_test_loop(be);
     int fd = make_file();
     /* The whole file, kept open by us. */
-    sendfile_case(l, kind, fd, 0, FILE_SIZE, 0);
+    sendfile_case(l, kind, fd, 0, FILE_SIZE, 0, 0);
     CHECK(fd_is_open(fd));
     /* The middle part, with odd bounds. */
-    sendfile_case(l, kind, fd, 4093, 2 * MiB + 1, 0);
+    sendfile_case(l, kind, fd, 4093, 2 * MiB + 1, 0, 0);
     /* The middle part again on a dup that the stream closes when done. */
     int dup_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     CHECK(dup_fd >= 0);
-    sendfile_case(l, kind, dup_fd, 65537, MiB + 7, IOP_SENDFILE_CLOSE);
+    sendfile_case(l, kind, dup_fd, 65537, MiB + 7, IOP_SENDFILE_CLOSE, 0);
     CHECK(!fd_is_open(dup_fd));
     /* The file's own position was never used (pwrite left it at 0). */
     CHECK_EQ(lseek(fd, 0, SEEK_CUR), 0);
@@ -1130,8 +1140,74 @@ IOP_TEST_BOTH(sendfilev_dup)
     int fd = make_file();
     int d1 = fcntl(fd, F_DUPFD_CLOEXEC, 0), d2 = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     CHECK(d1 >= 0 && d2 >= 0);
-    sendfile_case(l, kind, d1, 4093, 2 * MiB + 1, IOP_SENDFILE_DUP);
-    sendfile_case(l, kind, d2, 13, 13, IOP_SENDFILE_DUP);
+    sendfile_case(l, kind, d1, 4093, 2 * MiB + 1, IOP_SENDFILE_DUP, 0);
+    sendfile_case(l, kind, d2, 13, 13, IOP_SENDFILE_DUP, 0);
+    close(fd);
+    iop_test_loop_free(l);
+}
+
+/* Small kernel buffers: the range waits for room again and again (on
+ * io_uring, a poll request each time) and resumes where it stopped; both the
+ * range sent at once and the one queued behind a write. */
+IOP_TEST_BOTH(sendfile_small_buffers)
+{
+    iop_loop *l = iop_test_loop(be);
+    int fd = make_file();
+    int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    CHECK(d >= 0);
+    sendfile_case(l, kind, d, 7, 3 * MiB, IOP_SENDFILE_DUP, 16 * 1024);
+    sendfile_case(l, kind, fd, 65537, 2 * MiB + 3, 0, 16 * 1024);
+    close(fd);
+    iop_test_loop_free(l);
+}
+
+/* A file shorter than the range promised: the bytes it has arrive, then
+ * sendfile(2) says 0 and the stream fails with -EIO (and, left open by the
+ * user, closes).  queued: behind a write, so the engine sends it, after
+ * waiting for room; else at once from the call. */
+static void short_file_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t off, int queued)
+{
+    struct iop_stream_config cfg = conn_config();
+    iop_stream_ctx *ctx = new_ctx(l, &cfg);
+    int sv[2];
+    make_pair(kind, sv);
+    struct conn c = {0};
+    conn_open(ctx, &cfg, &c, sv[0]);
+    unsigned char header[1000];
+    fill(header, 82, 0, sizeof header);
+    size_t have = FILE_SIZE - (size_t)off, total = sizeof header + have;
+    unsigned char *expect = malloc(total), *got = malloc(total);
+    CHECK(expect && got);
+    memcpy(expect, header, sizeof header);
+    fill(expect + sizeof header, 81, (size_t)off, have);
+    struct iovec h = {header, sizeof header};
+    if (queued)
+        CHECK(iop_stream_write(c.s, header, sizeof header) >= 0);
+    int rc = iop_stream_sendfilev(c.s, &h, !queued, file_fd, off, have + 4096, 0);
+    CHECK(rc == 0 || rc == 1);
+    note_full(&c, rc);
+    settle(l, 10);
+    struct peer p = {.reading = 1, .keep = got, .keep_cap = total, .recv_chunk = 65537};
+    peer_start(l, &p, sv[1]);
+    WAIT_FOR(l, c.errs && c.closes, 20000);
+    CHECK_EQ(c.last_err, -EIO);
+    WAIT_FOR(l, p.eof || p.err, 20000);
+    CHECK_EQ(p.err, 0);
+    CHECK_EQ(p.got, total);
+    CHECK(memcmp(got, expect, total) == 0);
+    conn_finish(l, ctx, &c);
+    peer_stop(&p);
+    close(sv[1]);
+    free(expect);
+    free(got);
+}
+
+IOP_TEST_BOTH(sendfile_short_file)
+{
+    iop_loop *l = iop_test_loop(be);
+    int fd = make_file();
+    short_file_case(l, kind, fd, FILE_SIZE - 5000, 0);
+    short_file_case(l, kind, fd, 0, 1);
     close(fd);
     iop_test_loop_free(l);
 }
@@ -1647,11 +1723,12 @@ static void lent_release(void *arg)
     ((struct lent *)arg)->released++;
 }
 
-/* Header (seed 84, copied), a lent buffer (seed 85, len bytes), trailer
- * (seed 86): the lent bytes must stay untouched until release, which comes
- * once, and arrive exact.  The buffer is scribbled over after release to
- * catch a stream that reads it late. */
-static void ref_case(iop_loop *l, enum pair_kind kind, size_t len)
+/* Header (seed 84, copied), a lent buffer (seed 85, len bytes), flen
+ * bytes of the pattern file (seed 81) if flen, trailer (seed 86): the lent
+ * bytes must stay untouched until release, which comes once, and arrive
+ * exact, also when a file follows them in the queue.  The buffer is
+ * scribbled over after release to catch a stream that reads it late. */
+static void ref_case(iop_loop *l, enum pair_kind kind, size_t len, size_t flen)
 {
     struct iop_stream_config cfg = conn_config();
     iop_stream_ctx *ctx = new_ctx(l, &cfg);
@@ -1663,13 +1740,14 @@ static void ref_case(iop_loop *l, enum pair_kind kind, size_t len)
     fill(header, 84, 0, sizeof header);
     fill(trailer, 86, 0, sizeof trailer);
     unsigned char *lentbuf = malloc(len + 1);
-    size_t total = sizeof header + len + sizeof trailer;
+    size_t total = sizeof header + len + flen + sizeof trailer;
     unsigned char *expect = malloc(total), *got = malloc(total);
     CHECK(lentbuf && expect && got);
     fill(lentbuf, 85, 0, len);
     memcpy(expect, header, sizeof header);
     memcpy(expect + sizeof header, lentbuf, len);
-    memcpy(expect + sizeof header + len, trailer, sizeof trailer);
+    fill(expect + sizeof header + len, 81, 0, flen);
+    memcpy(expect + sizeof header + len + flen, trailer, sizeof trailer);
 
     struct lent lt = {0};
     struct iovec h = {header, sizeof header};
@@ -1677,6 +1755,13 @@ static void ref_case(iop_loop *l, enum pair_kind kind, size_t len)
     CHECK(rc == 0 || rc == 1);
     note_full(&c, rc);
     memset(header, 0, sizeof header); /* the header was copied if queued */
+    if (flen) {
+        int fd = make_file();
+        rc = iop_stream_sendfile(c.s, fd, 0, flen, IOP_SENDFILE_DUP);
+        close(fd);
+        CHECK(rc == 0 || rc == 1);
+        note_full(&c, rc);
+    }
     rc = iop_stream_write(c.s, trailer, sizeof trailer);
     CHECK(rc == 0 || rc == 1);
     note_full(&c, rc);
@@ -1703,13 +1788,17 @@ static void ref_case(iop_loop *l, enum pair_kind kind, size_t len)
 }
 
 /* Small (sent within the call on readiness), large (queued behind a full
- * socket, the peer late), and empty (released at once). */
+ * socket, the peer late), empty (released at once), and followed by a
+ * file. */
 IOP_TEST_BOTH(writev_ref_exact)
 {
     iop_loop *l = iop_test_loop(be);
-    ref_case(l, kind, 13);
-    ref_case(l, kind, 3 * MiB + 5);
-    ref_case(l, kind, 0);
+    ref_case(l, kind, 13, 0);
+    ref_case(l, kind, 3 * MiB + 5, 0);
+    ref_case(l, kind, 0, 0);
+    /* Lent bytes queued before a file: they go with it. */
+    ref_case(l, kind, 13, 4093);
+    ref_case(l, kind, MiB + 3, 2 * MiB + 1);
     iop_test_loop_free(l);
 }
 
