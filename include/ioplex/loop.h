@@ -120,11 +120,15 @@ size_t iop_loop_alive(const iop_loop *loop);
 #define IOP_EDGE  0x04u /* events: report edges, not levels (see below) */
 #define IOP_LEVEL 0x08u /* events: level even on an IOP_LOOP_EDGE loop */
 #define IOP_ERROR 0x10u /* revents: the fd has an error or hung up */
+#define IOP_RDHUP 0x20u /* revents: the peer shut down its side (epoll, io_uring) */
 
 typedef struct iop_io iop_io;
 /* revents: IOP_READ and/or IOP_WRITE, limited to the current interest, plus
  * IOP_ERROR when the kernel reported an error or hang-up (the next read or
- * write tells which). */
+ * write tells which), and IOP_RDHUP with IOP_READ when it reported the
+ * peer's FIN.  An edge-triggered reader may take a short read for "drained"
+ * only when IOP_RDHUP and IOP_ERROR are absent: a FIN queued behind the
+ * data would bring no new edge.  select and poll never set IOP_RDHUP. */
 typedef void (*iop_io_cb)(iop_io *w, unsigned revents);
 
 struct iop_io {

@@ -78,6 +78,8 @@ static unsigned from_epoll(uint32_t e)
     unsigned ev = 0;
     if (e & (EPOLLIN | EPOLLRDHUP | EPOLLPRI))
         ev |= IOP_READ;
+    if (e & EPOLLRDHUP)
+        ev |= IOP_RDHUP;
     if (e & EPOLLOUT)
         ev |= IOP_WRITE;
     /* An error or hang-up is news to a reader and to a writer alike. */

@@ -357,7 +357,7 @@ void iop__dispatch(iop_loop *l, int fd, uint32_t gen, unsigned revents)
     unsigned ev = revents & w->events & (IOP_READ | IOP_WRITE);
     if (!ev)
         return;
-    w->cb(w, ev | (revents & IOP_ERROR));
+    w->cb(w, ev | (revents & (IOP_ERROR | IOP_RDHUP)));
 }
 
 /* ---- deferred callbacks ------------------------------------------------ */

@@ -258,6 +258,8 @@ static unsigned from_poll(int res)
     unsigned ev = 0;
     if (res & (POLLIN | POLLRDHUP | POLLPRI))
         ev |= IOP_READ;
+    if (res & POLLRDHUP)
+        ev |= IOP_RDHUP;
     if (res & POLLOUT)
         ev |= IOP_WRITE;
     if (res & (POLLERR | POLLHUP | POLLNVAL))

@@ -173,7 +173,8 @@ static void do_write(iop_stream *s)
     iop__stream_drained(s);
 }
 
-static void do_read(iop_stream *s)
+/* revents: the loop's report, or 0 when none (a deferred read again). */
+static void do_read(iop_stream *s, unsigned revents)
 {
     iop_stream_ctx *ctx = s->ctx;
     if (!ctx->rbuf && !(ctx->rbuf = malloc(ctx->cfg.read_size))) {
@@ -199,9 +200,13 @@ static void do_read(iop_stream *s)
         }
         iop__stream_touch(s);
         iop__stream_deliver(s, n, ctx->rbuf);
-        /* Level: a short read means the socket is empty; the loop will say
-         * when more comes.  Edge: only EAGAIN says so. */
-        if (!edge(s) && (size_t)n < ctx->cfg.read_size)
+        /* A short read means the socket is empty, and the loop will say
+         * when more comes: level always; edge too unless the report held a
+         * FIN or an error, which may wait behind the data with no edge to
+         * follow (then only EAGAIN or EOF says so).  That spares an edge
+         * reader the recv that answers EAGAIN, one per request. */
+        if ((size_t)n < ctx->cfg.read_size &&
+            (!edge(s) || (revents && !(revents & (IOP_RDHUP | IOP_ERROR)))))
             return;
     }
     if (edge(s) && (s->flags & SF_READING)) {
@@ -218,7 +223,7 @@ static void ready_cb(iop_io *w, unsigned revents)
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
     if ((revents & IOP_READ) && (s->flags & SF_READING))
-        do_read(s);
+        do_read(s, revents);
 }
 
 void iop__ready_pending(iop_stream *s)
@@ -229,7 +234,7 @@ void iop__ready_pending(iop_stream *s)
         return;
     if (s->flags & SF_READ_AGAIN) {
         s->flags &= (uint16_t)~SF_READ_AGAIN;
-        do_read(s);
+        do_read(s, 0);
     }
 }
 
