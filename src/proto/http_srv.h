@@ -7,8 +7,8 @@
  *
  * A worker is the per-thread state of one iop_http: its file cache, its
  * cached date strings and its access-log buffer.  Reactor threads (event,
- * coro) keep one for the server's life; a blocking handler uses a
- * throwaway one without a cache (threads and processes come and go). */
+ * coro) keep one for the server's life; a blocking handler in the other
+ * models keeps one per connection (threads and processes come and go). */
 #ifndef IOP_PROTO_HTTP_SRV_H
 #define IOP_PROTO_HTTP_SRV_H
 
@@ -119,7 +119,8 @@ void http_entry_release(void *e);
 
 /* The worker of the calling thread for (http, loop), made on first use. */
 struct http_worker *http_worker_get(iop_http *http, iop_loop *loop);
-/* A cacheless worker on the caller's stack (blocking models). */
+/* A worker on the caller's stack (blocking models), without a cache until
+ * the caller sets cache: entries then live until http_worker_fini. */
 void http_worker_local(struct http_worker *w, iop_http *http);
 void http_worker_fini(struct http_worker *w);
 

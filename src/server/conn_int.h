@@ -47,6 +47,7 @@ struct iop_conn {
     int listener;
     int cancelled;       /* a call has returned -ECANCELED */
     int idle;            /* iop_conn_set_idle: a graceful stop cancels waits */
+    int sigpipe;         /* 0: not looked up; 1: ignored; 2: not (conn.c) */
     unsigned timeout_ms; /* iop_conn_set_timeout; 0: cfg.idle_timeout_ms */
     char *rbuf;          /* read-ahead: rbuf[rpos..rlen) not yet handed out */
     size_t rpos, rlen;

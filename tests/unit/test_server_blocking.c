@@ -330,6 +330,54 @@ IOP_TEST(sendfile_exact, be)
     fclose(tmp);
 }
 
+/* sendfile to a peer that reset: an error, never a SIGPIPE death, whether
+ * the process ignores SIGPIPE (sendfile(2) as it is) or not (the call holds
+ * SIGPIPE back).  Fork children report through their exit, so the models
+ * here are those that share our memory. */
+static atomic_int vanished_rc;
+
+static void vanished_handle(iop_conn *c)
+{
+    char b[64];
+    while (iop_conn_recv(c, b, sizeof b) > 0)
+        ;
+    int rc = 0;
+    for (int i = 0; i < 100 && rc == 0; i++) /* the first ones may fit the buffer */
+        rc = iop_conn_sendfile(c, sendfile_fd, 0, SENDFILE_LEN);
+    atomic_store(&vanished_rc, rc ? rc : 1);
+}
+
+IOP_TEST(sendfile_to_vanished_peer, be)
+{
+    static const struct iop_handler h = {.handle = vanished_handle};
+    static const int shared[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_CORO};
+    FILE *tmp = tmpfile();
+    CHECK(tmp != NULL);
+    for (size_t i = 0; i < SENDFILE_LEN; i++)
+        fputc(pattern(i), tmp);
+    CHECK(fflush(tmp) == 0);
+    sendfile_fd = fileno(tmp);
+    for (int ign = 0; ign < 2; ign++) {
+        signal(SIGPIPE, ign ? SIG_IGN : SIG_DFL);
+        for (size_t k = 0; k < sizeof shared / sizeof shared[0]; k++) {
+            atomic_store(&vanished_rc, 0);
+            struct fixture f;
+            fixture_start(&f, be, config(shared[k], &h), 1);
+            int fd = client(&f, 0);
+            struct linger lg = {1, 0}; /* close with a reset */
+            CHECK(setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg) == 0);
+            close(fd);
+            for (int i = 0; i < 500 && !atomic_load(&vanished_rc); i++)
+                usleep(10000);
+            int rc = atomic_load(&vanished_rc);
+            CHECK(rc == -EPIPE || rc == -ECONNRESET);
+            fixture_stop(&f);
+        }
+    }
+    signal(SIGPIPE, SIG_DFL);
+    fclose(tmp);
+}
+
 /* ---- stopping ---------------------------------------------------------- */
 
 /* Says "busy", takes 300 ms over the answer, then serves lines as usual. */
