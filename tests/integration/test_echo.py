@@ -8,10 +8,7 @@ other backend x model combination runs a representative subset (1 MiB raw
 echo, Unix, half-close, split lines and frames, greeting, UDP, max-frame).
 Cases run in parallel threads; every socket call, queue read and process
 wait has a timeout, so a hang fails its case instead of the suite."""
-import argparse
-import concurrent.futures
 import os
-import queue
 import re
 import select
 import signal
@@ -19,14 +16,11 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
-import threading
 import time
-import traceback
 
-EXE = None
-TMP = None
-T = 10  # seconds: the bound on every single wait
+import harness
+from harness import T, Fail, Skip, check, children, send_bg, sockaddr, tmp_path
+
 URING = True  # io_uring usable here (probed in main)
 IPV6 = True
 
@@ -42,129 +36,17 @@ MODELS = ["event", "iterative", "thread", "fork", "coro"]
 E = ["--backend", "epoll"]  # the full matrix runs on the event model with epoll
 
 
-class Fail(Exception):
-    pass
+class Server(harness.Server):
+    """`ioplex echo ARGS -l ...` on port 0 (harness.Server)."""
 
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-
-
-def tmp_path(name):
-    return os.path.join(TMP, name)
-
-
-# ---- the server process ------------------------------------------------------
-
-
-def _pump(f, q):
-    for line in iter(f.readline, b""):
-        q.put(line.decode(errors="replace"))
-    q.put(None)
-
-
-class Server:
-    """`ioplex echo ARGS -l ...` on port 0; addrs holds the `listening` ADDRs.
-    As a context manager it stops the server with SIGTERM on the way out and
-    requires exit status 0 and no sanitizer report."""
-
-    def __init__(self, *args, listen=("127.0.0.1:0",), grace="3"):
-        self.cmd = [EXE, "echo", *[x for a in listen for x in ("-l", a)], "--grace", grace, *args]
-        self.p = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE)
-        self.pid = self.p.pid
-        self.outq, self.errq, self.err = queue.Queue(), queue.Queue(), []
-        self.pumps = [threading.Thread(target=_pump, args=(f, q), daemon=True)
-                      for f, q in ((self.p.stdout, self.outq), (self.p.stderr, self.errq))]
-        for th in self.pumps:
-            th.start()
-        self.addrs = []
-        try:
-            for _ in listen:
-                self.addrs.append(self._listening())
-        except BaseException:
-            self.kill()
-            raise
-
-    def _listening(self):
-        try:
-            line = self.outq.get(timeout=T)
-        except queue.Empty:
-            raise Fail(f"{self.cmd}: no `listening` line within {T} s")
-        if line is None:
-            rc = self.p.wait(timeout=T)
-            self.pumps[1].join(T)
-            raise Fail(f"{self.cmd}: exit {rc} before listening: {self.stderr()!r}")
-        m = re.fullmatch(r"listening (\S+)\n", line)
-        check(m, f"{self.cmd}: stdout line {line!r}")
-        return m.group(1)
-
-    def stderr(self):
-        while True:
-            try:
-                line = self.errq.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.err.append(line)
-        return "".join(self.err)
+    def __init__(self, *args, **kw):
+        super().__init__(["echo"], *args, **kw)
 
     def wait_stderr(self, text, timeout=T):
         end = time.monotonic() + timeout
         while text not in self.stderr():
             check(time.monotonic() < end, f"{self.cmd}: no {text!r} on stderr: {self.stderr()!r}")
             time.sleep(0.02)
-
-    def kill_with(self, sig=signal.SIGTERM):
-        self.p.send_signal(sig)
-
-    def wait_exit(self, timeout=T, want=0):
-        try:
-            rc = self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise Fail(f"{self.cmd}: still running {timeout} s after the stop")
-        for th in self.pumps:
-            th.join(T)
-        err = self.stderr()
-        check(rc == want, f"{self.cmd}: exit {rc}, want {want}; stderr {err!r}")
-        check("Sanitizer" not in err and "runtime error" not in err, f"{self.cmd}: {err}")
-        return rc
-
-    def stop(self, sig=signal.SIGTERM, timeout=T):
-        self.kill_with(sig)
-        return self.wait_exit(timeout)
-
-    def kill(self):
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(timeout=T)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, value, tb):
-        if typ is None and self.p.poll() is None:
-            self.stop()
-        self.kill()
-        return False
-
-
-def children(pid):
-    """Child pids of pid (every thread's), [] once it is gone."""
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
 
 
 def proc_state(pid):
@@ -176,19 +58,6 @@ def proc_state(pid):
 
 
 # ---- clients -----------------------------------------------------------------
-
-
-def sockaddr(addr):
-    """A `listening` ADDR -> (family, type, address)."""
-    if addr.startswith("unix:"):
-        return socket.AF_UNIX, socket.SOCK_STREAM, addr[5:]
-    kind = socket.SOCK_STREAM
-    if addr.startswith("udp:"):
-        kind, addr = socket.SOCK_DGRAM, addr[4:]
-    host, port = addr.rsplit(":", 1)
-    if host.startswith("["):
-        return socket.AF_INET6, kind, (host[1:-1], int(port))
-    return socket.AF_INET, kind, (host, int(port))
 
 
 def connect(addr):
@@ -241,21 +110,6 @@ def expect_silent(s, secs, what):
         pass
     finally:
         s.settimeout(T)
-
-
-def send_bg(s, data):
-    """sendall on a thread (a reply may fill the socket before we are done
-    sending); join the returned thread, which re-raises nothing: errors are in
-    its .error."""
-    def run():
-        try:
-            s.sendall(data)
-        except OSError as e:
-            th.error = e
-    th = threading.Thread(target=run, daemon=True)
-    th.error = None
-    th.start()
-    return th
 
 
 def join(th, what):
@@ -689,7 +543,7 @@ def t_coro_stack_size():
 
 
 def t_help():
-    r = subprocess.run([EXE, "echo", "--help"], capture_output=True, text=True, timeout=T)
+    r = subprocess.run([harness.EXE, "echo", "--help"], capture_output=True, text=True, timeout=T)
     check(r.returncode == 0 and "usage: ioplex echo" in r.stdout and r.stderr == "",
           f"echo --help: {r}")
     for opt in ("--listen", "--backend", "--edge", "--model", "--workers", "--processes",
@@ -707,7 +561,7 @@ def t_quiet_and_defaults():
 
 def bad(*args, wrap=()):
     what = f"echo {' '.join(args)}"
-    r = subprocess.run([*wrap, EXE, "echo", *args], capture_output=True, text=True, timeout=T,
+    r = subprocess.run([*wrap, harness.EXE, "echo", *args], capture_output=True, text=True, timeout=T,
                        stdin=subprocess.DEVNULL)
     lines = r.stderr.strip().splitlines()
     check(r.returncode == 2, f"{what}: exit {r.returncode}, want 2; {r.stderr!r}")
@@ -775,7 +629,7 @@ def t_uring_refused():
     bad("--backend", "uring", "--edge", wrap=wrap)
     # auto falls back silently (to epoll), edge-triggered too
     for extra in ([], ["--edge"]):
-        p = subprocess.Popen([*wrap, EXE, "echo", "-l", "127.0.0.1:0", *extra],
+        p = subprocess.Popen([*wrap, harness.EXE, "echo", "-l", "127.0.0.1:0", *extra],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             line = p.stdout.readline().decode()
@@ -821,24 +675,9 @@ def cases():
     return out
 
 
-def run_case(name, fn):
-    if "uring" in name and "refused" not in name and not URING:
-        return name, "skip", "io_uring refused here"
-    t0 = time.monotonic()
-    try:
-        fn()
-        return name, "ok", f"{time.monotonic() - t0:.1f}s"
-    except Skip as e:
-        return name, "skip", str(e)
-    except Fail as e:
-        return name, "FAIL", str(e)
-    except Exception:
-        return name, "FAIL", traceback.format_exc()
-
-
 def probe():
     global URING, IPV6
-    r = subprocess.Popen([EXE, "echo", "--backend", "uring", "-l", "127.0.0.1:0"],
+    r = subprocess.Popen([harness.EXE, "echo", "--backend", "uring", "-l", "127.0.0.1:0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = r.stdout.readline()
@@ -855,24 +694,10 @@ def probe():
 
 
 def main():
-    global EXE, TMP
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ioplex", required=True)
-    ap.add_argument("-k", default="", help="run only cases whose name contains this")
-    ap.add_argument("-j", type=int, default=4, help="cases at once")
-    a = ap.parse_args()
-    EXE = os.path.abspath(a.ioplex)
+    a = harness.parse_args(jobs=4)
     probe()
-    fails = 0
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ioplex-echo-") as TMP:
-        selected = [c for c in cases() if a.k in c[0]]
-        with concurrent.futures.ThreadPoolExecutor(max_workers=a.j) as pool:
-            for name, status, note in pool.map(lambda c: run_case(*c), selected):
-                print(f"{status:4} {name}  {note}", flush=True)
-                fails += status == "FAIL"
-    print(f"{len(selected)} cases, {fails} failed, {time.monotonic() - t0:.0f} s")
-    return 1 if fails else 0
+    with harness.tmp_dir("ioplex-echo-"):
+        return harness.run_cases(cases(), a, uring=URING)
 
 
 if __name__ == "__main__":

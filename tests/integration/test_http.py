@@ -18,13 +18,11 @@ Cases run in parallel threads; every socket call, queue read and process
 wait has a timeout, so a hang fails its case instead of the suite; a failing
 case shows what its servers said (sanitizer reports).  Exit 77 (skipped) when
 the binary has no `http` command yet."""
-import argparse
 import concurrent.futures
 import email.utils
 import html.parser
 import http.client
 import os
-import queue
 import re
 import select
 import signal
@@ -32,17 +30,16 @@ import socket
 import struct
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
 import urllib.parse
 from datetime import datetime
 
-EXE = None
-TMP = None
+import harness
+from harness import T, Fail, Skip, check, children, send_bg, sockaddr, tmp_path
+
 ROOT = None
-T = 10  # seconds: the bound on every single wait
 URING = True  # io_uring usable here (probed in main)
 IPV6 = True
 
@@ -79,23 +76,6 @@ LISTING = {
 }
 
 
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-
-
-def tmp_path(name):
-    return os.path.join(TMP, name)
-
-
 def short(b, n=200):
     b = bytes(b)
     return repr(b if len(b) <= n else b[:n] + b"...")
@@ -115,7 +95,7 @@ def make_root():
     """TMP/root is DIR; TMP/secret and TMP/outside/ lie next to it.  Everything
     is world-readable (the unreadable-file case runs the server as nobody)."""
     global ROOT
-    os.chmod(TMP, 0o755)
+    os.chmod(harness.TMP, 0o755)
     _write(tmp_path("secret"), SECRET + b"\n")
     os.mkdir(tmp_path("outside"), 0o755)
     _write(tmp_path("outside/secret2"), SECRET2 + b"\n")
@@ -171,156 +151,17 @@ def lm(path):
 # ---- the server process ------------------------------------------------------
 
 
-def _pump(f, q):
-    for line in iter(f.readline, b""):
-        q.put(line.decode(errors="replace"))
-    q.put(None)
+class Server(harness.Server):
+    """`ioplex http DIR ARGS -l ...` on port 0 (harness.Server); DIR is ROOT
+    unless root says otherwise ("": none)."""
 
+    err_tail = 2000
 
-_case = threading.local()  # .servers: the servers the running case started
-
-
-class Server:
-    """`ioplex http DIR ARGS -l ...` on port 0; addrs holds the `listening`
-    ADDRs.  As a context manager it stops the server with SIGTERM on the way
-    out and requires exit status 0 and no sanitizer report."""
-
-    def __init__(self, *args, listen=("127.0.0.1:0",), grace="3", root=None, cwd=None,
-                 user=None):
-        if hasattr(_case, "servers"):
-            _case.servers.append(self)
-        self.stopped = False  # a stop was asked for (kill_with)
-        dirarg = [] if root == "" else [root or ROOT]
-        self.cmd = [EXE, "http", *dirarg, *[x for a in listen for x in ("-l", a)],
-                    "--grace", grace, *args]
-        kw = {}
-        if user is not None:
-            kw = dict(user=user, group=user, extra_groups=[])
-        self.p = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, cwd=cwd, **kw)
-        self.pid = self.p.pid
-        self.outq, self.errq, self.err = queue.Queue(), queue.Queue(), []
-        self.pumps = [threading.Thread(target=_pump, args=(f, q), daemon=True)
-                      for f, q in ((self.p.stdout, self.outq), (self.p.stderr, self.errq))]
-        for th in self.pumps:
-            th.start()
-        self.addrs = []
-        try:
-            for _ in listen:
-                self.addrs.append(self._listening())
-        except BaseException:
-            self.kill()
-            raise
-
-    @property
-    def addr(self):
-        return self.addrs[0]
-
-    def _listening(self):
-        try:
-            line = self.outq.get(timeout=T)
-        except queue.Empty:
-            raise Fail(f"{self.cmd}: no `listening` line within {T} s")
-        if line is None:
-            rc = self.p.wait(timeout=T)
-            self.pumps[1].join(T)
-            raise Fail(f"{self.cmd}: exit {rc} before listening: {self.stderr()!r}")
-        m = re.fullmatch(r"listening (\S+)\n", line)
-        check(m, f"{self.cmd}: stdout line {line!r}")
-        return m.group(1)
-
-    def stderr(self):
-        while True:
-            try:
-                line = self.errq.get_nowait()
-            except queue.Empty:
-                break
-            if line is not None:
-                self.err.append(line)
-        return "".join(self.err)
-
-    def wait_stderr(self, pattern, timeout=T):
-        """The first match of the regex pattern (multiline) in stderr."""
-        end = time.monotonic() + timeout
-        while True:
-            m = re.search(pattern, self.stderr(), re.M)
-            if m:
-                return m
-            check(time.monotonic() < end,
-                  f"{self.cmd}: no /{pattern}/ on stderr: {self.stderr()[-2000:]!r}")
-            time.sleep(0.02)
-
-    def kill_with(self, sig=signal.SIGTERM):
-        self.stopped = True
-        self.p.send_signal(sig)
-
-    def wait_exit(self, timeout=T, want=0):
-        try:
-            rc = self.p.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise Fail(f"{self.cmd}: still running {timeout} s after the stop")
-        for th in self.pumps:
-            th.join(T)
-        err = self.stderr()
-        check(rc == want, f"{self.cmd}: exit {rc}, want {want}; stderr {err[-2000:]!r}")
-        check("Sanitizer" not in err and "runtime error" not in err, f"{self.cmd}: {err}")
-        return rc
-
-    def stop(self, sig=signal.SIGTERM, timeout=T):
-        self.kill_with(sig)
-        return self.wait_exit(timeout)
-
-    def kill(self):
-        self.stopped = True
-        if self.p.poll() is None:
-            self.p.kill()
-            self.p.wait(timeout=T)
-        for th in self.pumps:
-            th.join(2)
-
-    def report(self):
-        """The server's own complaints (sanitizers, diagnostics), for a failure."""
-        err = self.stderr()
-        i = min([j for j in (err.find("runtime error"), err.find("==ERROR"), err.find("Sanitizer"))
-                 if j >= 0] or [len(err)])
-        diag = [ln for ln in err[:i].splitlines() if ln.startswith("ioplex")]
-        out = "\n".join(diag[-5:]) + ("\n" + err[max(0, i - 200):i + 3000] if i < len(err) else "")
-        rc = self.p.poll()
-        state = "running" if rc is None else f"exit {rc}"
-        return f"[server {' '.join(self.cmd[3:])}: {state}]\n{out}".rstrip()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, typ, value, tb):
-        if typ is None and self.p.poll() is None:
-            self.stop()
-        self.kill()
-        return False
-
-
-def children(pid):
-    out = []
-    try:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/children") as f:
-                out += [int(x) for x in f.read().split()]
-    except (FileNotFoundError, ProcessLookupError):
-        pass
-    return out
+    def __init__(self, *args, root=None, **kw):
+        super().__init__(["http", *([] if root == "" else [root or ROOT])], *args, **kw)
 
 
 # ---- an HTTP client that shows the bytes ---------------------------------------
-
-
-def sockaddr(addr):
-    if addr.startswith("unix:"):
-        return socket.AF_UNIX, addr[5:]
-    host, port = addr.rsplit(":", 1)
-    if host.startswith("["):
-        return socket.AF_INET6, (host[1:-1], int(port))
-    return socket.AF_INET, (host, int(port))
 
 
 def req(target, method="GET", version="HTTP/1.1", host="test", headers=(), body=b""):
@@ -367,7 +208,7 @@ class Conn:
     304, HTML bodies on errors) and keeps what follows for the next one."""
 
     def __init__(self, addr, rcvbuf=None):
-        fam, sa = sockaddr(addr)
+        fam, _, sa = sockaddr(addr)
         self.s = socket.socket(fam, socket.SOCK_STREAM)
         self.s.settimeout(T)
         if rcvbuf:
@@ -513,19 +354,6 @@ def expect_status(r, status, what):
     if isinstance(status, int):
         status = (status,)
     check(r.status in status, f"{what}: status {r.status}, want {status}: {r!r} {short(r.body)}")
-
-
-def send_bg(sock, data):
-    """sendall on a thread; send errors land in .error."""
-    def run():
-        try:
-            sock.sendall(data)
-        except OSError as e:
-            th.error = e
-    th = threading.Thread(target=run, daemon=True)
-    th.error = None
-    th.start()
-    return th
 
 
 def parallel(fns, what, timeout=3 * T):
@@ -1109,10 +937,10 @@ def t_unreadable():
         raise Skip("not root: cannot start the server as nobody")
     import pwd
     nobody = pwd.getpwnam("nobody").pw_uid
-    probe = subprocess.run([EXE, "--version"], user=nobody, group=nobody, extra_groups=[],
+    probe = subprocess.run([harness.EXE, "--version"], user=nobody, group=nobody, extra_groups=[],
                            capture_output=True, timeout=T)
     if probe.returncode != 0:
-        raise Skip(f"nobody cannot run {EXE}: {probe.stderr[:200]!r}")
+        raise Skip(f"nobody cannot run {harness.EXE}: {probe.stderr[:200]!r}")
     with Server(*E, user=nobody) as srv:
         expect_file(get(srv.addr, "/hello"), "/hello", "as nobody: a readable file")
         expect_status(get(srv.addr, "/noread.txt"), 403, "as nobody: a mode 000 file")
@@ -1646,7 +1474,7 @@ def t_stopping_refuses_new():
             srv.kill_with(signal.SIGTERM)
             time.sleep(0.3)
             check(srv.p.poll() is None, "stopping: the first signal did not wait")
-            fam, sa = sockaddr(srv.addr)
+            fam, _, sa = sockaddr(srv.addr)
             with socket.socket(fam) as s:
                 s.settimeout(2)
                 try:
@@ -1730,7 +1558,7 @@ def t_default_dir():
 
 
 def t_help():
-    r = subprocess.run([EXE, "http", "--help"], capture_output=True, text=True, timeout=T)
+    r = subprocess.run([harness.EXE, "http", "--help"], capture_output=True, text=True, timeout=T)
     check(r.returncode == 0 and "usage: ioplex http" in r.stdout and r.stderr == "",
           f"http --help: {r}")
     for opt in ("--listen", "--no-listing", "--idle-timeout", "--header-timeout", "--max-header",
@@ -1751,9 +1579,9 @@ BAD = [
 
 
 def bad(*args):
-    args = [a.replace("{ROOT}", ROOT).replace("{TMP}", TMP) for a in args]
+    args = [a.replace("{ROOT}", ROOT).replace("{TMP}", harness.TMP) for a in args]
     what = f"http {' '.join(args)}"
-    r = subprocess.run([EXE, "http", *args], capture_output=True, text=True, timeout=T,
+    r = subprocess.run([harness.EXE, "http", *args], capture_output=True, text=True, timeout=T,
                        stdin=subprocess.DEVNULL)
     lines = r.stderr.strip().splitlines()
     check(r.returncode == 2, f"{what}: exit {r.returncode}, want 2; {r.stderr!r}")
@@ -1799,34 +1627,10 @@ def cases():
     return out
 
 
-def run_case(name, fn):
-    if "uring" in name and not URING:
-        return name, "skip", "io_uring refused here"
-    t0 = time.monotonic()
-    _case.servers = []
-    try:
-        fn()
-        return name, "ok", f"{time.monotonic() - t0:.1f}s"
-    except Skip as e:
-        return name, "skip", str(e)
-    except Fail as e:
-        note = str(e)
-    except Exception:
-        note = traceback.format_exc()
-    for srv in _case.servers:  # what the server said: a crash, a sanitizer report
-        gone = srv.p.poll() is not None and not srv.stopped
-        srv.kill()
-        if gone or srv.report().count("\n"):
-            note += "\n    " + srv.report().replace("\n", "\n    ")
-            if gone:
-                note += "\n    (the server had exited before the case stopped it)"
-    return name, "FAIL", note
-
-
 def probe(no_uring):
     """Exit 77 when there is no `http` yet; io_uring and IPv6 availability."""
     global URING, IPV6
-    r = subprocess.run([EXE, "http", "--help"], capture_output=True, text=True, timeout=T)
+    r = subprocess.run([harness.EXE, "http", "--help"], capture_output=True, text=True, timeout=T)
     if r.returncode != 0 and "not available" in r.stderr:
         print(f"skip: {r.stderr.strip()}")
         sys.exit(77)
@@ -1843,7 +1647,7 @@ def probe(no_uring):
 
 def probe_uring():
     global URING
-    p = subprocess.Popen([EXE, "echo", "--backend", "uring", "-l", "127.0.0.1:0"],
+    p = subprocess.Popen([harness.EXE, "echo", "--backend", "uring", "-l", "127.0.0.1:0"],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         URING = p.stdout.readline().startswith("listening ")
@@ -1854,32 +1658,16 @@ def probe_uring():
 
 
 def main():
-    global EXE, TMP
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ioplex", required=True)
-    ap.add_argument("-k", default="", help="run only cases whose name contains this")
-    ap.add_argument("-j", type=int, default=6, help="cases at once")
-    ap.add_argument("--no-uring", action="store_true",
-                    help="skip io_uring cases (the TSan run: see tests/CMakeLists.txt)")
-    a = ap.parse_args()
-    EXE = os.path.abspath(a.ioplex)
+    a = harness.parse_args(jobs=6, no_uring=True)
     probe(a.no_uring)
-    fails = 0
-    t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="ioplex-http-") as TMP:
+    with harness.tmp_dir("ioplex-http-") as tmp:
         try:
             make_root()
-            selected = [c for c in cases() if a.k in c[0]]
-            with concurrent.futures.ThreadPoolExecutor(max_workers=a.j) as pool:
-                for name, status, note in pool.map(lambda c: run_case(*c), selected):
-                    print(f"{status:4} {name}  {note}", flush=True)
-                    fails += status == "FAIL"
+            return harness.run_cases(cases(), a, uring=URING, reports=True)
         finally:  # TemporaryDirectory cannot remove a mode 000 directory's contents
-            nr = os.path.join(TMP, "root", "noreaddir")
+            nr = os.path.join(tmp, "root", "noreaddir")
             if os.path.isdir(nr):
                 os.chmod(nr, 0o755)
-    print(f"{len(selected)} cases, {fails} failed, {time.monotonic() - t0:.0f} s")
-    return 1 if fails else 0
 
 
 if __name__ == "__main__":
