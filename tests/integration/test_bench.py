@@ -16,8 +16,6 @@
 
 Every server listens on port 0; every wait is bounded; runs are short
 (-d 0.5), cases run a few at a time."""
-import argparse
-import concurrent.futures
 import http.server
 import json
 import os
@@ -31,25 +29,13 @@ import sys
 import tempfile
 import threading
 import time
-import traceback
 
-EXE = None
+import harness
+from harness import Fail, Skip, check
+
 T = 20  # seconds: the bound on every wait (a bench run is ~1 s, more under ASan)
 URING = True
 D = ["-d", "0.5"]
-
-
-class Fail(Exception):
-    pass
-
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
 
 
 # ---- running the bench -----------------------------------------------------------
@@ -58,7 +44,7 @@ def check(cond, what):
 def bench(*args, timeout=T):
     """Run `ioplex bench ARGS`; returns the CompletedProcess (text)."""
     try:
-        return subprocess.run([EXE, "bench", *args], capture_output=True, text=True,
+        return subprocess.run([harness.EXE, "bench", *args], capture_output=True, text=True,
                               timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
         raise Fail(f"bench {args}: still running after {timeout} s")
@@ -115,7 +101,7 @@ class Echo:
     """`ioplex echo ARGS -l 127.0.0.1:0 --quiet`; .addr from its listening line."""
 
     def __init__(self, *args):
-        self.p = subprocess.Popen([EXE, "echo", "-l", "127.0.0.1:0", "--quiet", *args],
+        self.p = subprocess.Popen([harness.EXE, "echo", "-l", "127.0.0.1:0", "--quiet", *args],
                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         ready, _, _ = select.select([self.p.stdout], [], [], T)
@@ -353,7 +339,7 @@ def t_echo_warmup():
 def t_echo_unix():
     with tempfile.TemporaryDirectory(prefix="ioplex-bench-") as d:
         path = os.path.join(d, "e.sock")
-        p = subprocess.Popen([EXE, "echo", "-l", "unix:" + path, "--quiet"],
+        p = subprocess.Popen([harness.EXE, "echo", "-l", "unix:" + path, "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready, _, _ = select.select([p.stdout], [], [], T)
@@ -450,7 +436,7 @@ def t_echo_progress_on_tty():
     """On a terminal: a progress line ('\\r', rate so far) once a second."""
     with Echo() as e:
         master, slave = pty.openpty()
-        p = subprocess.Popen([EXE, "bench", "echo", e.addr, "-c", "2", "-d", "1.5"],
+        p = subprocess.Popen([harness.EXE, "bench", "echo", e.addr, "-c", "2", "-d", "1.5"],
                              stdout=slave, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
         os.close(slave)
         out = b""
@@ -579,13 +565,13 @@ def t_http_text_report():
 
 def t_http_ioplex_http():
     """`ioplex http` (when this build has it) serves a file without error."""
-    r = subprocess.run([EXE, "http", "--help"], capture_output=True, timeout=T)
+    r = subprocess.run([harness.EXE, "http", "--help"], capture_output=True, timeout=T)
     if r.returncode != 0:
         raise Skip("no `ioplex http` in this build")
     with tempfile.TemporaryDirectory(prefix="ioplex-bench-") as d:
         with open(os.path.join(d, "hello"), "wb") as f:
             f.write(BODY)
-        p = subprocess.Popen([EXE, "http", d, "-l", "127.0.0.1:0", "--quiet"],
+        p = subprocess.Popen([harness.EXE, "http", d, "-l", "127.0.0.1:0", "--quiet"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready, _, _ = select.select([p.stdout], [], [], T)
@@ -671,44 +657,17 @@ def cases():
     return out
 
 
-def run_case(name, fn):
-    t0 = time.monotonic()
-    try:
-        fn()
-        return name, "ok", f"{time.monotonic() - t0:.1f}s"
-    except Skip as e:
-        return name, "skip", str(e)
-    except Fail as e:
-        return name, "FAIL", str(e)
-    except Exception:
-        return name, "FAIL", traceback.format_exc()
-
-
 def probe():
     global URING
-    r = subprocess.run([EXE, "bench", "loop", "--backend", "uring", "-n", "4", "-a", "1", "-w",
+    r = subprocess.run([harness.EXE, "bench", "loop", "--backend", "uring", "-n", "4", "-a", "1", "-w",
                         "4", "-r", "1", "--csv"], capture_output=True, timeout=T)
     URING = r.returncode == 0
 
 
 def main():
-    global EXE
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--ioplex", required=True)
-    ap.add_argument("-k", default="", help="run only cases whose name contains this")
-    ap.add_argument("-j", type=int, default=4, help="cases at once")
-    a = ap.parse_args()
-    EXE = os.path.abspath(a.ioplex)
+    a = harness.parse_args(jobs=4)
     probe()
-    fails = 0
-    t0 = time.monotonic()
-    selected = [c for c in cases() if a.k in c[0]]
-    with concurrent.futures.ThreadPoolExecutor(max_workers=a.j) as pool:
-        for name, status, note in pool.map(lambda c: run_case(*c), selected):
-            print(f"{status:4} {name}  {note}", flush=True)
-            fails += status == "FAIL"
-    print(f"{len(selected)} cases, {fails} failed, {time.monotonic() - t0:.0f} s")
-    return 1 if fails else 0
+    return harness.run_cases(cases(), a)
 
 
 if __name__ == "__main__":
