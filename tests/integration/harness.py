@@ -8,8 +8,10 @@ few socket helpers and the case runner.
 - Server(command, *args, ...): `ioplex COMMAND -l ADDR... --grace G ARGS` on
   port 0, its `listening ADDR` lines in .addrs; a script subclasses it to fix
   COMMAND (["echo"], ["http", ROOT]).
-- sockaddr(), send_bg(), children(): an ADDR as the socket module takes it,
-  sendall on a thread, the child processes of a server.
+- BACKENDS, MODELS: the --backend / --model matrix the servers run in.
+- sockaddr(), send_bg(), children(), has_ipv6(): an ADDR as the socket
+  module takes it, sendall on a thread, the child processes of a server,
+  whether ::1 can be bound.
 - parse_args(), run_cases(): the command line every such script takes
   (--ioplex, -k, -j) and the parallel run with its `STATUS NAME  NOTE` lines
   and `N cases, F failed, S s` summary; run_cases returns the exit status
@@ -43,6 +45,17 @@ import traceback
 EXE = None  # the ioplex program (parse_args)
 TMP = None  # the scratch directory (tmp_dir)
 T = 10  # seconds: the bound on every single wait
+
+# --backend choices by name, and the --model choices: the matrix the servers run in
+BACKENDS = {
+    "select": ["--backend", "select"],
+    "poll": ["--backend", "poll"],
+    "epoll": ["--backend", "epoll"],
+    "epoll-edge": ["--backend", "epoll", "--edge"],
+    "uring": ["--backend", "uring"],
+    "uring-edge": ["--backend", "uring", "--edge"],
+}
+MODELS = ["event", "iterative", "thread", "fork", "coro"]
 
 
 class Fail(Exception):
@@ -224,6 +237,16 @@ def sockaddr(addr):
     if host.startswith("["):
         return socket.AF_INET6, kind, (host[1:-1], int(port))
     return socket.AF_INET, kind, (host, int(port))
+
+
+def has_ipv6():
+    """Whether the IPv6 loopback can be bound here."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def send_bg(s, data):

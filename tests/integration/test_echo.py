@@ -19,20 +19,12 @@ import sys
 import time
 
 import harness
-from harness import T, Fail, Skip, check, children, send_bg, sockaddr, tmp_path
+from harness import (BACKENDS, MODELS, T, Fail, Skip, check, children, has_ipv6, send_bg,
+                     sockaddr, tmp_path)
 
 URING = True  # io_uring usable here (probed in main)
 IPV6 = True
 
-BACKENDS = {
-    "select": ["--backend", "select"],
-    "poll": ["--backend", "poll"],
-    "epoll": ["--backend", "epoll"],
-    "epoll-edge": ["--backend", "epoll", "--edge"],
-    "uring": ["--backend", "uring"],
-    "uring-edge": ["--backend", "uring", "--edge"],
-}
-MODELS = ["event", "iterative", "thread", "fork", "coro"]
 E = ["--backend", "epoll"]  # the full matrix runs on the event model with epoll
 
 
@@ -686,11 +678,7 @@ def probe():
         if r.poll() is None:
             r.terminate()
         r.communicate(timeout=T)
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        IPV6 = False
+    IPV6 = has_ipv6()
 
 
 def main():

@@ -37,21 +37,13 @@ import urllib.parse
 from datetime import datetime
 
 import harness
-from harness import T, Fail, Skip, check, children, send_bg, sockaddr, tmp_path
+from harness import (BACKENDS, MODELS, T, Fail, Skip, check, children, has_ipv6, send_bg,
+                     sockaddr, tmp_path)
 
 ROOT = None
 URING = True  # io_uring usable here (probed in main)
 IPV6 = True
 
-BACKENDS = {
-    "select": ["--backend", "select"],
-    "poll": ["--backend", "poll"],
-    "epoll": ["--backend", "epoll"],
-    "epoll-edge": ["--backend", "epoll", "--edge"],
-    "uring": ["--backend", "uring"],
-    "uring-edge": ["--backend", "uring", "--edge"],
-}
-MODELS = ["event", "iterative", "thread", "fork", "coro"]
 E = ["--backend", "epoll"]  # the full battery runs on the event model with epoll
 
 MTIME = 1700000000  # every fixture file's mtime (in the past: If-Modified-Since tests)
@@ -1638,11 +1630,7 @@ def probe(no_uring):
         URING = False
     else:
         probe_uring()
-    try:
-        with socket.socket(socket.AF_INET6) as s:
-            s.bind(("::1", 0))
-    except OSError:
-        IPV6 = False
+    IPV6 = has_ipv6()
 
 
 def probe_uring():
