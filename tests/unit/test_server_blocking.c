@@ -294,6 +294,18 @@ IOP_TEST(recv_exact_split, be)
 static int sendfile_fd = -1;
 #define SENDFILE_LEN (300000u)
 
+/* SENDFILE_LEN pattern bytes in an unnamed file; sendfile_fd is its fd. */
+static FILE *pattern_file(void)
+{
+    FILE *tmp = tmpfile();
+    CHECK(tmp != NULL);
+    for (size_t i = 0; i < SENDFILE_LEN; i++)
+        fputc(pattern(i), tmp);
+    CHECK(fflush(tmp) == 0);
+    sendfile_fd = fileno(tmp);
+    return tmp;
+}
+
 static void sendfile_handle(iop_conn *c)
 {
     /* Skip the first 1000 bytes: the offset is honoured. */
@@ -303,12 +315,7 @@ static void sendfile_handle(iop_conn *c)
 IOP_TEST(sendfile_exact, be)
 {
     static const struct iop_handler h = {.handle = sendfile_handle};
-    FILE *tmp = tmpfile();
-    CHECK(tmp != NULL);
-    for (size_t i = 0; i < SENDFILE_LEN; i++)
-        fputc(pattern(i), tmp);
-    CHECK(fflush(tmp) == 0);
-    sendfile_fd = fileno(tmp);
+    FILE *tmp = pattern_file();
     char *in = malloc(SENDFILE_LEN);
     CHECK(in != NULL);
     for (size_t k = 0; k < NMODELS; k++) {
@@ -351,12 +358,7 @@ IOP_TEST(sendfile_to_vanished_peer, be)
 {
     static const struct iop_handler h = {.handle = vanished_handle};
     static const int shared[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_CORO};
-    FILE *tmp = tmpfile();
-    CHECK(tmp != NULL);
-    for (size_t i = 0; i < SENDFILE_LEN; i++)
-        fputc(pattern(i), tmp);
-    CHECK(fflush(tmp) == 0);
-    sendfile_fd = fileno(tmp);
+    FILE *tmp = pattern_file();
     for (int ign = 0; ign < 2; ign++) {
         signal(SIGPIPE, ign ? SIG_IGN : SIG_DFL);
         for (size_t k = 0; k < sizeof shared / sizeof shared[0]; k++) {
