@@ -380,6 +380,45 @@ IOP_TEST(sendfile_to_vanished_peer, be)
     fclose(tmp);
 }
 
+/* A client that never reads: sendfile must give up after idle_timeout_ms
+ * with -ETIMEDOUT, also in the thread model, whose socket is blocking (there
+ * SO_SNDTIMEO ends the sleep inside sendfile(2)). */
+#define STUCK_LEN (64u << 20) /* far more than both socket buffers hold */
+
+static atomic_int stuck_rc;
+static int stuck_fd = -1;
+
+static void stuck_handle(iop_conn *c)
+{
+    int rc = iop_conn_sendfile(c, stuck_fd, 0, STUCK_LEN);
+    atomic_store(&stuck_rc, rc ? rc : 1);
+}
+
+IOP_TEST(sendfile_to_stuck_reader_times_out, be)
+{
+    static const struct iop_handler h = {.handle = stuck_handle};
+    static const int shared[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_CORO};
+    FILE *tmp = tmpfile();
+    CHECK(tmp != NULL && ftruncate(fileno(tmp), STUCK_LEN) == 0); /* sparse: zeros */
+    stuck_fd = fileno(tmp);
+    for (size_t k = 0; k < sizeof shared / sizeof shared[0]; k++) {
+        atomic_store(&stuck_rc, 0);
+        struct iop_server_config cfg = config(shared[k], &h);
+        cfg.idle_timeout_ms = 300;
+        struct fixture f;
+        fixture_start(&f, be, cfg, 1);
+        int fd = client(&f, 0);
+        long long t0 = iop_test_now_ms();
+        for (int i = 0; i < 1000 && !atomic_load(&stuck_rc); i++)
+            usleep(10000);
+        CHECK_EQ(atomic_load(&stuck_rc), -ETIMEDOUT);
+        CHECK(iop_test_now_ms() - t0 < 5000);
+        close(fd);
+        fixture_stop(&f);
+    }
+    fclose(tmp);
+}
+
 /* ---- stopping ---------------------------------------------------------- */
 
 /* Says "busy", takes 300 ms over the answer, then serves lines as usual. */
