@@ -1047,6 +1047,40 @@ static void small_bufs(int sv[2], int size)
     CHECK(setsockopt(sv[1], SOL_SOCKET, SO_RCVBUF, &size, sizeof size) == 0);
 }
 
+/* A peer on fd that keeps up to total bytes in got, read 65537 at a time. */
+static void peer_keep(iop_loop *l, struct peer *p, int fd, unsigned char *got, size_t total)
+{
+    *p = (struct peer){.reading = 1, .keep = got, .keep_cap = total, .recv_chunk = 65537};
+    peer_start(l, p, fd);
+}
+
+/* The peer read to EOF and got exactly expect[0, total). */
+static void expect_got(iop_loop *l, struct peer *p, const unsigned char *got,
+                       const unsigned char *expect, size_t total)
+{
+    WAIT_FOR(l, p->eof || p->err, 20000);
+    CHECK_EQ(p->err, 0);
+    CHECK_EQ(p->got, total);
+    for (size_t i = 0; i < total; i++)
+        if (got[i] != expect[i]) {
+            iop_test_fail(__FILE__, __LINE__, "byte %zu is 0x%02x, expected 0x%02x", i, got[i],
+                          expect[i]);
+            return;
+        }
+}
+
+/* End a one-stream case: the stream, the peer, the pair's far end (far),
+ * and the two buffers. */
+static void pair_case_end(iop_loop *l, iop_stream_ctx *ctx, struct conn *c, struct peer *p, int far,
+                          unsigned char *expect, unsigned char *got)
+{
+    conn_finish(l, ctx, c);
+    peer_stop(p);
+    close(far);
+    free(expect);
+    free(got);
+}
+
 /* Expected bytes: header (seed 82), then file[off, off+len), then trailer
  * (seed 83); sent as write, sendfile, write, shutdown.  With IOP_SENDFILE_DUP
  * in flags, header and file go in one iop_stream_sendfilev and file_fd is
@@ -1093,22 +1127,12 @@ static void sendfile_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t o
     /* The file is only read when sent: the peer starts late, so the stream
      * must wait for room more than once. */
     settle(l, 10);
-    struct peer p = {.reading = 1, .keep = got, .keep_cap = total, .recv_chunk = 65537};
-    peer_start(l, &p, sv[1]);
-    WAIT_FOR(l, p.eof || p.err, 20000);
-    CHECK_EQ(p.err, 0);
-    CHECK_EQ(p.got, total);
-    for (size_t i = 0; i < total; i++)
-        if (got[i] != expect[i])
-            iop_test_fail(__FILE__, __LINE__, "sendfile: byte %zu is 0x%02x, expected 0x%02x", i,
-                          got[i], expect[i]);
+    struct peer p;
+    peer_keep(l, &p, sv[1], got, total);
+    expect_got(l, &p, got, expect, total);
     CHECK_EQ(iop_stream_queued(c.s), 0);
     CHECK_EQ(c.errs, 0);
-    conn_finish(l, ctx, &c);
-    peer_stop(&p);
-    close(sv[1]);
-    free(expect);
-    free(got);
+    pair_case_end(l, ctx, &c, &p, sv[1], expect, got);
 }
 
 IOP_TEST_BOTH(sendfile_between_writes)
@@ -1187,19 +1211,12 @@ static void short_file_case(iop_loop *l, enum pair_kind kind, int file_fd, off_t
     CHECK(rc == 0 || rc == 1);
     note_full(&c, rc);
     settle(l, 10);
-    struct peer p = {.reading = 1, .keep = got, .keep_cap = total, .recv_chunk = 65537};
-    peer_start(l, &p, sv[1]);
+    struct peer p;
+    peer_keep(l, &p, sv[1], got, total);
     WAIT_FOR(l, c.errs && c.closes, 20000);
     CHECK_EQ(c.last_err, -EIO);
-    WAIT_FOR(l, p.eof || p.err, 20000);
-    CHECK_EQ(p.err, 0);
-    CHECK_EQ(p.got, total);
-    CHECK(memcmp(got, expect, total) == 0);
-    conn_finish(l, ctx, &c);
-    peer_stop(&p);
-    close(sv[1]);
-    free(expect);
-    free(got);
+    expect_got(l, &p, got, expect, total);
+    pair_case_end(l, ctx, &c, &p, sv[1], expect, got);
 }
 
 IOP_TEST_BOTH(sendfile_short_file)
@@ -1768,23 +1785,16 @@ static void ref_case(iop_loop *l, enum pair_kind kind, size_t len, size_t flen)
     CHECK_OK(iop_stream_shutdown(c.s));
     settle(l, 10);
     CHECK(lt.released <= 1);
-    struct peer p = {.reading = 1, .keep = got, .keep_cap = total, .recv_chunk = 65537};
-    peer_start(l, &p, sv[1]);
+    struct peer p;
+    peer_keep(l, &p, sv[1], got, total);
     WAIT_FOR(l, lt.released, 20000);
     memset(lentbuf, 0xee, len);
-    WAIT_FOR(l, p.eof || p.err, 20000);
-    CHECK_EQ(p.err, 0);
-    CHECK_EQ(p.got, total);
+    expect_got(l, &p, got, expect, total);
     CHECK_EQ(lt.released, 1);
-    CHECK(memcmp(got, expect, total) == 0);
     CHECK_EQ(c.errs, 0);
-    conn_finish(l, ctx, &c);
+    pair_case_end(l, ctx, &c, &p, sv[1], expect, got);
     CHECK_EQ(lt.released, 1);
-    peer_stop(&p);
-    close(sv[1]);
     free(lentbuf);
-    free(expect);
-    free(got);
 }
 
 /* Small (sent within the call on readiness), large (queued behind a full
