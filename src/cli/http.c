@@ -11,8 +11,9 @@
 #include "cli/serve.h"
 #include "ioplex/proto.h"
 
-#define PROG  "ioplex http"
-#define NHTTP 3 /* http's own option entries */
+#define PROG     "ioplex http"
+#define NHTTP    7  /* http's own option entries */
+#define MAX_HDRS 64 /* --header lines */
 
 static const struct serve_defaults defaults = {"127.0.0.1:8000", "60", 1};
 
@@ -20,6 +21,10 @@ struct http_opts {
     int no_listing;
     long max_header; /* 0: not given */
     const char *header_timeout;
+    int cors;
+    const char *headers[MAX_HDRS];
+    size_t nheaders;
+    const char *cache_control, *content_type;
 };
 
 static void usage(void)
@@ -36,9 +41,34 @@ static void usage(void)
           "      --max-header BYTES   request line + headers at most [8192]: 431\n"
           "                           (414 when the request line alone is longer)\n"
           "      --header-timeout SECS  a request head must arrive within [10]\n"
+          "      --cors               Access-Control-Allow-Origin: * on every response;\n"
+          "                           OPTIONS (preflight) answered 204\n"
+          "      --header 'NAME: VALUE'  add this header to every response (repeatable)\n"
+          "      --cache-control VALUE   Cache-Control on files\n"
+          "      --content-type TYPE  Content-Type of files with an unknown extension\n"
+          "                           [application/octet-stream]\n"
           "\n",
           stdout);
     serve_usage(stdout, &defaults);
+}
+
+static int add_header(const char *prog, const char *value, void *dest)
+{
+    struct http_opts *o = dest;
+    if (iop_http_header_check(value) < 0) {
+        /* The value is not echoed: a CR or LF in it would break the line. */
+        fprintf(stderr,
+                "%s: --header: want 'Name: value', a token name and no control "
+                "characters (CR, LF, ...)\n",
+                prog);
+        return -1;
+    }
+    if (o->nheaders == MAX_HDRS) {
+        fprintf(stderr, "%s: too many --header options (at most %d)\n", prog, MAX_HDRS);
+        return -1;
+    }
+    o->headers[o->nheaders++] = value;
+    return 0;
 }
 
 static void http_table(struct http_opts *o, struct opt *tab)
@@ -47,6 +77,10 @@ static void http_table(struct http_opts *o, struct opt *tab)
         {"no-listing", 0, OPT_FLAG, &o->no_listing, 0, 0, NULL},
         {"max-header", 0, OPT_INT, &o->max_header, 256, 1L << 20, NULL},
         {"header-timeout", 0, OPT_STR, &o->header_timeout, 0, 0, NULL},
+        {"cors", 0, OPT_FLAG, &o->cors, 0, 0, NULL},
+        {"header", 0, OPT_FUNC, o, 0, 0, add_header},
+        {"cache-control", 0, OPT_STR, &o->cache_control, 0, 0, NULL},
+        {"content-type", 0, OPT_STR, &o->content_type, 0, 0, NULL},
         {NULL, 0, OPT_FLAG, NULL, 0, 0, NULL},
     };
     memcpy(tab, own, sizeof own);
@@ -101,6 +135,19 @@ static int http_config(const struct http_opts *o, const char *dir, const struct 
     }
     hc->root = dir;
     hc->no_listing = o->no_listing;
+    hc->cors = o->cors;
+    hc->headers = o->headers;
+    hc->nheaders = o->nheaders;
+    const char *vals[2][2] = {{"cache-control", o->cache_control},
+                              {"content-type", o->content_type}};
+    for (int i = 0; i < 2; i++) {
+        if (vals[i][1] && iop_http_header_value_check(vals[i][1]) < 0) {
+            fprintf(stderr, "%s: --%s: an empty value or a control character\n", PROG, vals[i][0]);
+            return -1;
+        }
+    }
+    hc->cache_control = o->cache_control;
+    hc->default_type = o->content_type;
     hc->max_header = (size_t)o->max_header;
     if (o->header_timeout &&
         serve_secs(PROG, "header-timeout", o->header_timeout, &hc->header_timeout_ms) < 0)

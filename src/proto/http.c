@@ -36,6 +36,13 @@ int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
         h->cfg.max_header = 8192;
     if (!h->cfg.header_timeout_ms)
         h->cfg.header_timeout_ms = 10000;
+    int rc = http_headers_init(h);
+    if (rc < 0) {
+        http_headers_fini(h);
+        close(fd);
+        free(h);
+        return rc;
+    }
     pthread_mutex_init(&h->lock, NULL);
     *out = h;
     return 0;
@@ -61,6 +68,7 @@ void iop_http_free(iop_http *http)
         w = next;
     }
     pthread_mutex_destroy(&http->lock);
+    http_headers_fini(http);
     close(http->rootfd);
     free(http);
 }
@@ -187,7 +195,9 @@ static int entry_open(struct http_worker *w, const char *rel, struct fentry **ou
         (void)iop_defer_start(w->loop, &w->tick, tick_cb);
     const char *slash = strrchr(rel, '/');
     const char *name = slash ? slash + 1 : rel;
-    e->mime = http_mime_type(name, strlen(name));
+    e->mime = http_mime_lookup(name, strlen(name));
+    if (!e->mime)
+        e->mime = w->http->cfg.default_type;
     entry_fill(e);
     *out = e;
     return 0;
@@ -284,6 +294,8 @@ static const char *reason(int status)
     switch (status) {
     case 200:
         return "OK";
+    case 204:
+        return "No Content";
     case 206:
         return "Partial Content";
     case 301:
@@ -298,6 +310,8 @@ static const char *reason(int status)
         return "Not Found";
     case 405:
         return "Method Not Allowed";
+    case 406:
+        return "Not Acceptable";
     case 413:
         return "Content Too Large";
     case 414:
@@ -369,7 +383,43 @@ static void head_end(struct http_resp *r, const struct http_req *req)
         puts_(r, "Connection: close\r\n");
     else if (req && req->minor == 0)
         puts_(r, "Connection: keep-alive\r\n");
+    put(r, r->extra, r->extra_len);
     puts_(r, "\r\n");
+}
+
+int http_head_reserve(struct http_resp *r, size_t need)
+{
+    need += r->head_extra;
+    if (need <= r->head_cap)
+        return 0;
+    char *big = malloc(need);
+    if (!big)
+        return -ENOMEM;
+    if (r->head != r->small)
+        free(r->head);
+    r->head = big;
+    r->head_cap = need;
+    return 0;
+}
+
+void http_head_begin(struct http_worker *w, struct http_resp *r, int status)
+{
+    head_begin(w, r, status);
+}
+
+void http_head_end(struct http_resp *r, const struct http_req *req)
+{
+    head_end(r, req);
+}
+
+void http_put(struct http_resp *r, const char *s, size_t n)
+{
+    put(r, s, n);
+}
+
+void http_puts(struct http_resp *r, const char *s)
+{
+    puts_(r, s);
 }
 
 static void length(struct http_resp *r, uint64_t n)
@@ -403,7 +453,7 @@ static void error_page_x(struct http_worker *w, struct http_resp *r, const struc
         memcpy(r->body_alloc, body, (size_t)n);
     head_begin(w, r, status);
     if (status == 405)
-        puts_(r, "Allow: GET, HEAD\r\n");
+        puts_(r, w->http->cfg.cors ? "Allow: GET, HEAD, OPTIONS\r\n" : "Allow: GET, HEAD\r\n");
     if (extra)
         puts_(r, extra);
     puts_(r, html_type);
@@ -424,13 +474,20 @@ static void error_page(struct http_worker *w, struct http_resp *r, const struct 
     error_page_x(w, r, req, status, NULL);
 }
 
-static void file_headers(struct http_resp *r, const struct fentry *e)
+void http_error_page(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                     int status)
+{
+    error_page_x(w, r, req, status, NULL);
+}
+
+static void file_headers(struct http_worker *w, struct http_resp *r, const struct fentry *e)
 {
     puts_(r, "Last-Modified: ");
     puts_(r, e->lastmod);
     puts_(r, "\r\nETag: ");
     put(r, e->etag, e->etag_len);
     puts_(r, "\r\n");
+    put(r, w->http->file_extra, w->http->file_extra_len);
 }
 
 static int not_modified(const struct http_req *req, const struct fentry *e)
@@ -454,7 +511,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     int range = 0;
     if (not_modified(req, e)) {
         head_begin(w, r, 304);
-        file_headers(r, e);
+        file_headers(w, r, e);
         head_end(r, req);
         entry_release(e);
         return;
@@ -472,7 +529,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     puts_(r, e->mime);
     puts_(r, "\r\n");
     length(r, n);
-    file_headers(r, e);
+    file_headers(w, r, e);
     puts_(r, "Accept-Ranges: bytes\r\n");
     if (range) {
         puts_(r, "Content-Range: bytes ");
@@ -520,15 +577,9 @@ static int status_of(int err)
 static void redirect(struct http_worker *w, struct http_resp *r, const struct http_req *req,
                      struct http_str path, struct http_str query)
 {
-    size_t need = 512 + path.n + query.n;
-    if (need > sizeof r->small) {
-        char *big = malloc(need);
-        if (!big) {
-            error_page(w, r, req, 503);
-            return;
-        }
-        r->head = big;
-        r->head_cap = need;
+    if (http_head_reserve(r, 512 + path.n + query.n) < 0) {
+        error_page(w, r, req, 503);
+        return;
     }
     head_begin(w, r, 301);
     puts_(r, "Location: ");
@@ -646,6 +697,15 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
     r->head = r->small;
     r->head_cap = sizeof r->small;
     r->fd = -1;
+    r->extra = w->http->extra;
+    r->extra_len = w->http->extra_len;
+    r->head_extra = w->http->extra_len + w->http->file_extra_len;
+    if (http_head_reserve(r, sizeof r->small) < 0) {
+        r->extra_len = r->head_extra = 0; /* the bare error fits the small head */
+        r->close = 1;
+        error_page(w, r, NULL, 503);
+        return;
+    }
     if (err < 0) {
         r->close = 1;
         error_page(w, r, NULL, -err);
@@ -657,7 +717,9 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
         error_page(w, r, req, 413);
     } else if (req->method == HTTP_M_UNKNOWN) {
         error_page(w, r, req, 501);
-    } else if (req->method == HTTP_M_KNOWN) {
+    } else if (req->method == HTTP_M_OPTIONS && w->http->cfg.cors) {
+        http_options(w, r, req);
+    } else if (req->method == HTTP_M_KNOWN || req->method == HTTP_M_OPTIONS) {
         error_page(w, r, req, 405);
     } else {
         serve_target(w, r, req);

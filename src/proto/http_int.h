@@ -28,6 +28,7 @@ struct http_str {
 enum http_method {
     HTTP_M_GET = 1,
     HTTP_M_HEAD,
+    HTTP_M_OPTIONS, /* answered with CORS on, else as HTTP_M_KNOWN */
     HTTP_M_KNOWN,   /* a registered method we do not allow: 405 */
     HTTP_M_UNKNOWN, /* a well-formed token we do not know: 501 */
 };
@@ -44,6 +45,8 @@ struct http_req {
     unsigned chunked : 1;     /* Transfer-Encoding ends in "chunked" */
     int64_t content_length;   /* -1: no Content-Length */
     struct http_str if_none_match, if_modified_since, range; /* values, OWS trimmed */
+    /* The first field line of each; {NULL, 0} when absent. */
+    struct http_str accept, accept_encoding, acr_headers; /* acr: Access-Control-Request- */
     /* If-None-Match is a list that may span several field lines: the
      * second to fourth (more are ignored). */
     struct http_str inm_more[3];
@@ -126,6 +129,8 @@ int http_open_beneath(int rootfd, const char *rel, int flags);
  * "application/octet-stream" when unknown.  Returned exactly as the table
  * has it (no charset added). */
 const char *http_mime_type(const char *name, size_t len);
+/* The same, NULL when the extension is unknown. */
+const char *http_mime_lookup(const char *name, size_t len);
 /* The table from another file (tests); NULL: /etc/mime.types.  Call
  * before the first http_mime_type (after it: -EALREADY); 0 or -errno. */
 int http_mime_load(const char *file);

@@ -26,7 +26,11 @@
 struct iop_http {
     int rootfd;
     struct iop_http_config cfg; /* defaults applied */
-    pthread_mutex_t lock;       /* guards workers */
+    /* Header lines (CRLF included) built once: extra goes on every
+     * response (CORS, --header), file_extra on files (Cache-Control). */
+    char *extra, *file_extra;
+    size_t extra_len, file_extra_len;
+    pthread_mutex_t lock; /* guards workers */
     struct http_worker *workers;
 };
 
@@ -101,7 +105,10 @@ struct http_resp {
     size_t len;
     struct fentry *ent; /* held cache entry, or NULL: fd is ours to close */
     uint64_t log_bytes; /* body bytes, for the access log */
-    char small[768];    /* head is this, unless a long Location needed more */
+    const char *extra;  /* the server's header lines for every response */
+    size_t extra_len;
+    size_t head_extra; /* bytes of configured headers a head may carry */
+    char small[768];   /* head is this, unless a long Location needed more */
 };
 
 /* A cached file's bytes, mapped (read only, shared) at the first call:
@@ -129,6 +136,23 @@ void http_worker_fini(struct http_worker *w);
  * stopping, so the connection closes after this response. */
 void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
                   struct http_resp *r);
+/* Room for a head of need bytes plus the configured headers: 0, or
+ * -ENOMEM.  Only before anything was put. */
+int http_head_reserve(struct http_resp *r, size_t need);
+/* Head building, for the other files of the core. */
+void http_head_begin(struct http_worker *w, struct http_resp *r, int status);
+void http_head_end(struct http_resp *r, const struct http_req *req);
+void http_put(struct http_resp *r, const char *s, size_t n);
+void http_puts(struct http_resp *r, const char *s);
+void http_error_page(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                     int status);
+
+/* http_headers.c: the configured header lines (iop_http_new) and the
+ * answer to OPTIONS when CORS is on. */
+int http_headers_init(iop_http *h);
+void http_headers_fini(iop_http *h);
+void http_options(struct http_worker *w, struct http_resp *r, const struct http_req *req);
+
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 

@@ -499,7 +499,7 @@ static const char *mime_find(const char *ext, size_t len)
     return NULL;
 }
 
-const char *http_mime_type(const char *name, size_t len)
+const char *http_mime_lookup(const char *name, size_t len)
 {
     pthread_once(&mime_once, mime_init);
     const char *slash = memrchr(name, '/', len);
@@ -508,9 +508,14 @@ const char *http_mime_type(const char *name, size_t len)
     const char *dot = memrchr(base, '.', blen);
     /* No extension, a trailing dot, or a dot file such as ".profile". */
     if (!mime.slots || !dot || dot == base)
-        return MIME_DEFAULT;
+        return NULL;
     size_t elen = blen - (size_t)(dot + 1 - base);
-    const char *type = elen && elen <= mime.max_ext ? mime_find(dot + 1, elen) : NULL;
+    return elen && elen <= mime.max_ext ? mime_find(dot + 1, elen) : NULL;
+}
+
+const char *http_mime_type(const char *name, size_t len)
+{
+    const char *type = http_mime_lookup(name, len);
     return type ? type : MIME_DEFAULT;
 }
 

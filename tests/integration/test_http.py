@@ -246,7 +246,9 @@ class Conn:
             headers.append((name.decode(), value.strip(b" \t").decode("latin-1")))
         r = Resp(m.group(1).decode(), int(m.group(2)), m.group(3).decode("latin-1"), headers, raw)
         cl = r.all("Content-Length")
-        if r.status != 304:
+        if r.status == 204:  # RFC 9110 §8.6: never in a 204
+            check(not cl, f"{what}: Content-Length in a 204: {raw!r}")
+        elif r.status != 304:
             check(len(cl) == 1 and re.fullmatch(r"\d+", cl[0]),
                   f"{what}: Content-Length {cl} in {raw!r}")
         if head or r.status == 304 or r.status < 200 or r.status == 204:
@@ -312,7 +314,8 @@ def common(r, what, head):
         if not head:
             check(b"<" in r.body and len(r.body) < 4096, f"{ctx}: error body {short(r.body)}")
     if r.status == 405:
-        check(r.get("Allow") == "GET, HEAD", f"{ctx}: 405 without `Allow: GET, HEAD`")
+        check(r.get("Allow") in ("GET, HEAD", "GET, HEAD, OPTIONS"),  # OPTIONS: --cors
+              f"{ctx}: 405 without `Allow: GET, HEAD`")
 
 
 def one(addr, data, what, head=False, closes=None):
