@@ -596,30 +596,17 @@ static void redirect(struct http_worker *w, struct http_resp *r, const struct ht
 }
 
 static void listing(struct http_worker *w, struct http_resp *r, const struct http_req *req,
-                    const char *rel, struct fentry *dir)
+                    const char *rel, struct http_str query, struct fentry *dir)
 {
-    char display[HTTP_PATH_BYTES + 2];
-    snprintf(display, sizeof display, "/%s%s", rel, *rel ? "/" : "");
-    int rc = http_dir_listing(dir->fd, display, &r->body_alloc, &r->body_len);
+    int rc;
+    http_listing(w, r, req, rel, query, dir->fd, &rc);
     entry_release(dir);
-    if (rc < 0) {
+    if (rc < 0)
         error_page(w, r, req, status_of(rc));
-        return;
-    }
-    head_begin(w, r, 200);
-    puts_(r, html_type);
-    length(r, r->body_len);
-    head_end(r, req);
-    if (req->method == HTTP_M_HEAD) {
-        r->body_len = 0;
-        return;
-    }
-    r->body = r->body_alloc;
-    r->log_bytes = r->body_len;
 }
 
 static void directory(struct http_worker *w, struct http_resp *r, const struct http_req *req,
-                      const char *rel, struct fentry *dir)
+                      const char *rel, struct http_str query, struct fentry *dir)
 {
     char index[HTTP_PATH_BYTES + 16];
     snprintf(index, sizeof index, "%s%sindex.html", rel, *rel ? "/" : "");
@@ -642,7 +629,7 @@ static void directory(struct http_worker *w, struct http_resp *r, const struct h
         error_page(w, r, req, 403);
         return;
     }
-    listing(w, r, req, rel, dir);
+    listing(w, r, req, rel, query, dir);
 }
 
 static void serve_target(struct http_worker *w, struct http_resp *r, const struct http_req *req)
@@ -668,7 +655,7 @@ static void serve_target(struct http_worker *w, struct http_resp *r, const struc
             entry_release(e);
             redirect(w, r, req, path, query);
         } else {
-            directory(w, r, req, rel, e);
+            directory(w, r, req, rel, query, e);
         }
     } else if (S_ISREG(e->st.st_mode) && dir_form && *rel) {
         entry_release(e); /* "/file/": a file is not a directory */

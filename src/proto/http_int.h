@@ -157,20 +157,68 @@ size_t http_etag(const struct stat *st, char *out);
  * by the weak comparison (W/ ignored on both sides), else 0. */
 int http_etag_match(const char *list, size_t n, const char *etag, size_t etag_len);
 
-/* An HTML page listing directory dirfd (not closed): title and heading
- * "Directory listing for DISPLAY" (display: the decoded URL path, e.g.
- * "/a b/", HTML-escaped here), entries sorted bytewise, "." and ".."
- * left out, directories (symlinks to directories too) with a trailing
- * '/', names HTML-escaped in the text and percent-encoded in the href
- * (everything but unreserved characters).  UTF-8 meta charset.  *body is
- * malloc'd.  0 or -errno. */
-int http_dir_listing(int dirfd, const char *display, char **body, size_t *len);
-
 /* Escape & < > " ' for HTML.  Returns the length it needs (without NUL);
  * writes at most outsz bytes including a NUL (snprintf-like). */
 size_t http_html_escape(const char *s, size_t n, char *out, size_t outsz);
 /* Percent-encode every byte but ALPHA DIGIT - . _ ~ (and '/' when
  * keep_slash).  snprintf-like as above. */
 size_t http_pct_encode(const char *s, size_t n, int keep_slash, char *out, size_t outsz);
+
+/* ---- http_listing.c ------------------------------------------------------- */
+
+enum { HTTP_SORT_NAME, HTTP_SORT_SIZE, HTTP_SORT_TIME };
+
+struct http_listing_opts {
+    int sort; /* HTTP_SORT_* */
+    int desc;
+    int json;
+};
+
+/* A listing of directory dirfd (not closed), "." and ".." left out,
+ * directories first (symlinks to directories too), then by o->sort (ties
+ * by name, bytewise), o->desc reversing both groups; o NULL: by name.
+ * HTML (o->json 0): title and heading "Directory listing for DISPLAY"
+ * (display: the decoded URL path, e.g. "/a b/"), a table of name (a
+ * trailing '/' on directories), size (human; exact in title and
+ * data-bytes) and modified time, column heads that sort, a parent link
+ * unless display is "/", an inline stylesheet with a dark scheme.  JSON:
+ * [{"name","type" ("file", "dir", "other"),"size","mtime" (RFC 3339,
+ * UTC),"url"}].  Names are HTML- or JSON-escaped as text (bytes that are
+ * not printable UTF-8 become U+FFFD) and percent-encoded in hrefs and
+ * urls; directory hrefs keep a non-default sort.  *body is malloc'd and
+ * NUL-terminated.  0 or -errno. */
+int http_dir_listing(int dirfd, const char *display, const struct http_listing_opts *o, char **body,
+                     size_t *len);
+/* sort= and order= from a query string (anything else: name, asc). */
+void http_listing_query(struct http_str query, struct http_listing_opts *o);
+
+/* ---- http_negotiate.c: Accept and Accept-Encoding (pure, fuzzed) ------------ */
+
+/* One element of a comma-separated list with an optional q parameter
+ * (Accept, Accept-Encoding): name without parameters, q in thousandths
+ * (1000 when absent).  Elements whose q is malformed come back with q -1. */
+struct http_qitem {
+    struct http_str name;
+    int q;
+};
+/* The next element of *rest (advanced); 0 at the end.  Empty elements are
+ * skipped; commas inside quoted parameter values do not split. */
+int http_qlist_next(struct http_str *rest, struct http_qitem *it);
+
+/* Does an Accept value prefer application/json to HTML?  1 when
+ * application/json is listed with q > 0 and no less than the best of
+ * text/html, text/ * and * / *; else 0. */
+int http_accept_json(const char *s, size_t n);
+
+enum { HTTP_ENC_IDENTITY, HTTP_ENC_GZIP, HTTP_ENC_ZSTD, HTTP_ENC_BR, HTTP_ENC_N };
+/* The q of each coding (thousandths) by an Accept-Encoding value (s NULL:
+ * no header, identity only).  "*" gives its q to the codings not listed;
+ * identity not listed is acceptable as the last resort (q 1) unless
+ * "*;q=0" excludes it; "x-gzip" is gzip; names are case-insensitive. */
+void http_accept_encoding(const char *s, size_t n, int q[HTTP_ENC_N]);
+/* The coding to send among avail (bit 1 << HTTP_ENC_*; identity is always
+ * available): the highest q > 0, ties by br, zstd, gzip, identity.  -406
+ * when none is acceptable. */
+int http_encoding_choose(const int q[HTTP_ENC_N], unsigned avail);
 
 #endif

@@ -153,6 +153,11 @@ int http_headers_init(iop_http *h);
 void http_headers_fini(iop_http *h);
 void http_options(struct http_worker *w, struct http_resp *r, const struct http_req *req);
 
+/* http_listing.c: the listing of directory dirfd as the response (*err 0),
+ * or *err < 0 (-errno) and nothing built. */
+void http_listing(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                  const char *rel, struct http_str query, int dirfd, int *err);
+
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 

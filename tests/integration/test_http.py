@@ -407,6 +407,8 @@ def listing_entries(r, base, what):
     p.feed(text)
     out = []
     for href, label in p.links:
+        if href.startswith("?"):  # a column head that sorts this listing
+            continue
         full = urllib.parse.urljoin(base, href)
         if full.startswith(base) and full != base:
             out.append((href, label.strip()))

@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 
+import cdp
 import harness
 import test_http as th
 from harness import BACKENDS, MODELS, T, Fail, Skip, check, tmp_path
@@ -45,8 +46,28 @@ def make_root():
     for name, content in files.items():
         _write(os.path.join(root, name), content)
         DATA["/" + name] = content
+    # /list/: sizes and times that sort differently from the names
+    for name, (size, mtime) in SORTED.items():
+        _write(os.path.join(root, "list", name), b"x" * size, mtime)
+    os.mkdir(os.path.join(root, "list", "zz-dir"))
+    os.mkdir(os.path.join(root, "list", "aa-dir"))
+    os.utime(os.path.join(root, "list", "zz-dir"), (MTIME + 50, MTIME + 50))
+    os.utime(os.path.join(root, "list", "aa-dir"), (MTIME + 60, MTIME + 60))
+    _write(os.path.join(root, "list", "aa-dir", "inside.txt"), b"inside\n")
+    # /hostile/: names a listing must survive (bytes: not all are UTF-8)
+    hostile = os.path.join(root, "hostile").encode()
+    os.mkdir(hostile)
+    for name in HOSTILE:
+        _write(os.path.join(hostile, name), b"hostile " + name + b"\n")
+    os.mkdir(os.path.join(hostile, b"d'ir \"<x>\""))
     th.ROOT = root
     return root
+
+
+SORTED = {"b-small.txt": (10, MTIME + 30), "a-big.txt": (5000, MTIME + 10),
+          "c-mid.txt": (700, MTIME + 20)}
+HOSTILE = [b"q\"uote's.txt", b"<script>alert(1)", b"<img src=x onerror=document.title=1>.html", b"100%.txt", b"a#b", b"a?b=c",
+           b"sp ace", b"caf\xc3\xa9", b"bad\xff\xfe", b"new\nline", b"tab\there", b"&amp;"]
 
 
 # ---- configured headers ----------------------------------------------------------
@@ -156,6 +177,249 @@ def bad(*args):
     th.bad(th.ROOT, *args)
 
 
+# ---- listings ---------------------------------------------------------------------
+
+
+class Rows(th.html.parser.HTMLParser):
+    """The listing table: per row (href, text, size title, data-bytes,
+    datetime); column heads (id -> href) and aria-sort."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.rows, self.heads, self.sorted = [], {}, None
+        self._row, self._a, self._in_body = None, None, False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "tbody":
+            self._in_body = True
+        elif tag == "th" and "aria-sort" in a:
+            self.sorted = a["aria-sort"]
+        elif tag == "a" and not self._in_body and "id" in a:
+            self.heads[a["id"]] = a["href"]
+        elif tag == "tr" and self._in_body:
+            self._row = {"href": None, "text": "", "title": None, "bytes": None, "time": None}
+        elif self._row is not None and tag == "a":
+            self._row["href"], self._a = a.get("href"), True
+        elif self._row is not None and tag == "td" and "title" in a:
+            self._row["title"], self._row["bytes"] = a["title"], a.get("data-bytes")
+        elif self._row is not None and tag == "time":
+            self._row["time"] = a.get("datetime")
+
+    def handle_endtag(self, tag):
+        if tag == "a":
+            self._a = None
+        elif tag == "tr" and self._row is not None:
+            self.rows.append(self._row)
+            self._row = None
+
+    def handle_data(self, data):
+        if self._a and self._row is not None:
+            self._row["text"] += data
+
+
+def rows_of(r, what):
+    check(r.status == 200 and r.ctype() == "text/html", f"{what}: {r!r}")
+    check(r.get("Vary") == "Accept", f"{what}: no `Vary: Accept`: {r!r}")
+    try:
+        text = r.body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise Fail(f"{what}: the listing is not UTF-8: {e}")
+    check('name="viewport"' in text and "prefers-color-scheme: dark" in text.replace(":d", ": d")
+          and "<style>" in text, f"{what}: no viewport / dark scheme / stylesheet")
+    p = Rows()
+    p.feed(text)
+    return [row for row in p.rows if row["href"] and not row["href"].startswith("../")], p
+
+
+def check_sorting(addr, what):
+    """Every sort and order: directories first, then the key; links keep it."""
+    files_by = {
+        "name": ["a-big.txt", "b-small.txt", "c-mid.txt"],
+        "size": ["b-small.txt", "c-mid.txt", "a-big.txt"],
+        "time": ["a-big.txt", "c-mid.txt", "b-small.txt"],
+    }
+    dirs_by = {"name": ["aa-dir/", "zz-dir/"], "size": ["aa-dir/", "zz-dir/"],
+               "time": ["zz-dir/", "aa-dir/"]}
+    with Conn(addr) as c:
+        for key in ("name", "size", "time"):
+            for order in ("asc", "desc"):
+                q = f"?sort={key}&order={order}"
+                c.send(req("/list/" + q))
+                rows, p = rows_of(c.response(f"{what}: /list/{q}"), f"{what}: /list/{q}")
+                names = [row["text"] for row in rows]
+                want_d, want_f = dirs_by[key], files_by[key]
+                if order == "desc":
+                    want_d, want_f = want_d[::-1], want_f[::-1]
+                check(names == want_d + want_f, f"{what}: {q}: {names}, want {want_d + want_f}")
+                check(p.sorted == ("ascending" if order == "asc" else "descending"),
+                      f"{what}: {q}: aria-sort {p.sorted}")
+                flip = "desc" if order == "asc" else "asc"
+                check(p.heads.get(f"sort-{key}") == f"?sort={key}&order={flip}",
+                      f"{what}: {q}: column head {p.heads}")
+                keep = "" if (key, order) == ("name", "asc") else q
+                for row in rows:
+                    if row["text"].endswith("/"):
+                        check(row["href"] == row["text"] + keep,
+                              f"{what}: {q}: dir link {row['href']!r} does not keep the sort")
+                    else:
+                        check(row["href"] == row["text"], f"{what}: {q}: {row}")
+                        size = len(DATA_LIST[row["text"]])
+                        check(row["bytes"] == str(size) and str(size) in row["title"],
+                              f"{what}: {q}: exact size of {row}")
+        c.send(req("/list/aa-dir/?sort=size&order=desc"))
+        r = c.response(f"{what}: followed")
+        rows, p = rows_of(r, f"{what}: followed")
+        check([row["text"] for row in rows] == ["inside.txt"] and p.sorted == "descending",
+              f"{what}: the followed link's listing: {rows}")
+
+
+DATA_LIST = {name: b"x" * size for name, (size, _) in SORTED.items()}
+
+
+def check_json(addr, what):
+    import datetime
+    r = get(addr, "/list/", headers=["Accept: application/json"])
+    check(r.status == 200 and r.ctype() == "application/json" and r.get("Vary") == "Accept",
+          f"{what}: JSON listing: {r!r}")
+    ents = json.loads(r.body)
+    check([e["name"] for e in ents] == ["aa-dir", "zz-dir", "a-big.txt", "b-small.txt",
+                                         "c-mid.txt"], f"{what}: JSON names {ents}")
+    for e in ents:
+        check(set(e) >= {"name", "type", "size", "mtime"}, f"{what}: keys {e}")
+        st = os.stat(os.path.join(th.ROOT, "list", e["name"]))
+        t = datetime.datetime.fromisoformat(e["mtime"].replace("Z", "+00:00")).timestamp()
+        check(t == int(st.st_mtime), f"{what}: mtime of {e}")
+        if e["name"].endswith("dir"):
+            check(e["type"] == "dir", f"{what}: {e}")
+        else:
+            check(e["type"] == "file" and e["size"] == st.st_size, f"{what}: {e}")
+    r = get(addr, "/list/?sort=size&order=desc",
+            headers=["Accept: application/json;q=0.9, text/html;q=0.5"])
+    names = [e["name"] for e in json.loads(r.body)]
+    check(names == ["zz-dir", "aa-dir", "a-big.txt", "c-mid.txt", "b-small.txt"],
+          f"{what}: JSON sorted by size desc: {names}")
+    r = get(addr, "/list/", headers=["Accept: text/html,application/xhtml+xml,*/*;q=0.8"])
+    check(r.ctype() == "text/html", f"{what}: a browser's Accept got {r!r}")
+    r = get(addr, "/list/", method="HEAD", headers=["Accept: application/json"])
+    check(r.status == 200 and r.ctype() == "application/json" and r.body == b"",
+          f"{what}: HEAD JSON: {r!r}")
+
+
+def check_hostile(addr, what):
+    """Hostile names: the page is valid UTF-8, nothing unescaped, every link
+    leads to its file; JSON parses and its urls lead there too."""
+    r = get(addr, "/hostile/")
+    rows, _ = rows_of(r, f"{what}: hostile")
+    body = r.body.decode()
+    check("<script>" not in body and "q\"uote" not in body, f"{what}: unescaped name in the page")
+    check(len(rows) == len(HOSTILE) + 1, f"{what}: {len(rows)} rows, want {len(HOSTILE) + 1}")
+    seen = set()
+    with Conn(addr) as c:
+        for row in rows:
+            href = row["href"]
+            check(href.isascii() and not re.search(r"[\s#?\"<>']", href.split("?")[0]),
+                  f"{what}: href {href!r} is not percent-encoded")
+            name = th.urllib.parse.unquote_to_bytes(href)
+            c.send(req("/hostile/" + href))
+            r2 = c.response(f"{what}: GET {href}")
+            expect_status(r2, 200, f"{what}: GET {href}")
+            if not name.endswith(b"/"):
+                check(r2.body == b"hostile " + name + b"\n", f"{what}: {href}: {r2.body!r}")
+            seen.add(name.rstrip(b"/"))
+            shown = name.rstrip(b"/").decode("utf-8", "replace")
+            shown = "".join("\ufffd" if ord(ch) < 32 else ch for ch in shown)
+            check(row["text"].rstrip("/") == shown, f"{what}: {row['text']!r} for {name!r}")
+    check(seen == set(HOSTILE) | {b"d'ir \"<x>\""}, f"{what}: names {seen}")
+    r = get(addr, "/hostile/", headers=["Accept: application/json"])
+    ents = json.loads(r.body)
+    with Conn(addr) as c:
+        for e in ents:
+            c.send(req("/hostile/" + e["url"]))
+            expect_status(c.response(f"{what}: JSON url {e['url']}"), 200, f"{what}: {e}")
+    check(any(e["name"] == "bad\ufffd\ufffd" for e in ents), f"{what}: {ents}")
+
+
+def t_listing():
+    with Server(*E) as srv:
+        check_sorting(srv.addr, "listing")
+        check_json(srv.addr, "listing")
+        check_hostile(srv.addr, "listing")
+
+
+def output_dir():
+    """Where a case leaves files for people to look at: test-output/ beside
+    the program under test (the build tree)."""
+    return os.path.join(os.path.dirname(harness.EXE), "test-output", "test_http_features")
+
+
+ROWS_JS = ("[...document.querySelectorAll('tbody tr')].map(tr => [tr.querySelector('a').textContent,"
+           " (tr.querySelector('td.s') || {}).dataset?.bytes || null])")
+
+
+def t_browser():
+    """A real browser: the hostile listing renders every name as text (no
+    markup runs), a phone gets no horizontal scrolling, the dark scheme is
+    dark, a click on a column head sorts, a directory link keeps the sort,
+    a file link opens the file."""
+    out = output_dir()
+    with Server(*E) as srv, cdp.Browser(harness.TMP) as b:
+        base = f"http://{srv.addr}/hostile/"
+        b.goto(base)
+        title = "Directory listing for /hostile/"
+        check(b.js("document.title") == title, f"title {b.js('document.title')!r}")
+        rows = b.js(ROWS_JS)
+        names = [n for n, _ in rows if n != "../"]
+        check(len(names) == len(HOSTILE) + 1, f"rows {names}")
+        for name in HOSTILE:
+            shown = "".join("\ufffd" if ord(ch) < 32 else ch
+                            for ch in name.decode("utf-8", "replace"))
+            check(shown in names, f"{shown!r} not shown as text: {names}")
+        check(b.js("document.querySelectorAll('body img, body script').length") == 0,
+              "a name became markup")
+        light = b.js("getComputedStyle(document.body).backgroundColor")
+        b.screenshot(os.path.join(out, "listing-light.png"))
+        b.emulate(dark=True)
+        dark = b.js("getComputedStyle(document.body).backgroundColor")
+        lum = [sum(int(x) for x in re.findall(r"\d+", c)[:3]) for c in (light, dark)]
+        check(lum[0] > 600 and lum[1] < 150, f"light {light}, dark {dark}: no dark scheme")
+        b.screenshot(os.path.join(out, "listing-dark.png"))
+        b.emulate(width=375, height=700, mobile=True, dark=False)
+        b.goto(base)
+        width = b.js("document.documentElement.scrollWidth")
+        check(width <= 375, f"a phone scrolls sideways: {width} px wide")
+        b.screenshot(os.path.join(out, "listing-phone.png"))
+        b.emulate(width=1000, height=700)
+        b.js("document.getElementById('sort-size').click()")
+        b.wait_for("location.search === '?sort=size&order=asc'", "the sort link")
+        rows = [r for r in b.js(ROWS_JS) if r[0] != "../"]
+        check(rows[0][0] == "d'ir \"<x>\"/", f"directories first: {rows}")
+        sizes = [int(n) for _, n in rows[1:]]
+        check(sizes == sorted(sizes), f"not by size: {rows}")
+        check(b.js("document.querySelector('th[aria-sort]').className") == "s", "aria-sort")
+        b.js("[...document.querySelectorAll('tbody a')].find(a => a.textContent === "
+             "'d\\'ir \"<x>\"/').click()")
+        b.wait_for("location.pathname.endsWith('/hostile/d%27ir%20%22%3Cx%3E%22/')",
+                   "the directory link")
+        check(b.js("location.search") == "?sort=size&order=asc", "the sort was not kept")
+        check(b.js("document.querySelector('h1').textContent")
+              == "Directory listing for /hostile/d'ir \"<x>\"/", "the heading")
+        b.screenshot(os.path.join(out, "listing-followed.png"))
+        b.goto(base)
+        b.js("[...document.querySelectorAll('tbody a')].find(a => a.textContent === "
+             "'q\"uote\\'s.txt').click()")
+        b.wait_for("document.contentType === 'text/plain'", "the file link")
+        text = b.js("document.body.innerText")
+        check(text.strip() == "hostile q\"uote's.txt", f"the file: {text!r}")
+
+
+def t_no_listing_json():
+    with Server(*E, "--no-listing") as srv:
+        for accept in ("text/html", "application/json"):
+            r = get(srv.addr, "/list/", headers=[f"Accept: {accept}"])
+            expect_status(r, 403, f"--no-listing, Accept: {accept}")
+
+
 # ---- the matrix ---------------------------------------------------------------------
 
 
@@ -163,6 +427,8 @@ def combo(backend, model):
     what = f"{backend}/{model}"
     with Server(*BACKENDS[backend], "--model", model, *ALL, grace="10") as srv:
         check_headers(srv.addr, what)
+        check_sorting(srv.addr, what)
+        check_json(srv.addr, what)
 
 
 # ---- the runner ----------------------------------------------------------------------
