@@ -118,6 +118,7 @@ static void entry_put(struct fentry *e)
         return;
     if (e->map)
         munmap((void *)(uintptr_t)e->map, (size_t)e->st.st_size);
+    http_siblings_drop(e);
     close(e->fd);
     free(e->path);
     free(e);
@@ -199,6 +200,8 @@ static int entry_open(struct http_worker *w, const char *rel, struct fentry **ou
     if (!e->mime)
         e->mime = w->http->cfg.default_type;
     entry_fill(e);
+    if (S_ISREG(e->st.st_mode))
+        http_siblings_open(w, e);
     *out = e;
     return 0;
 }
@@ -507,11 +510,17 @@ static int not_modified(const struct http_req *req, const struct fentry *e)
 static void serve_file(struct http_worker *w, struct http_resp *r, const struct http_req *req,
                        struct fentry *e)
 {
+    const char *hdrs;
+    if (http_encoding_pick(w, req, e, &e, &hdrs) < 0) {
+        error_page_x(w, r, req, 406, hdrs);
+        return;
+    }
     uint64_t size = (uint64_t)e->st.st_size, first = 0, last = size ? size - 1 : 0;
     int range = 0;
     if (not_modified(req, e)) {
         head_begin(w, r, 304);
         file_headers(w, r, e);
+        puts_(r, hdrs);
         head_end(r, req);
         entry_release(e);
         return;
@@ -520,7 +529,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
         char cr[64];
         snprintf(cr, sizeof cr, "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
         entry_release(e);
-        error_page_x(w, r, req, 416, cr);
+        error_page_x(w, r, req, 416, cr); /* no Vary: 416 is not cached */
         return;
     }
     uint64_t n = size ? last - first + 1 : 0;
@@ -530,6 +539,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     puts_(r, "\r\n");
     length(r, n);
     file_headers(w, r, e);
+    puts_(r, hdrs);
     puts_(r, "Accept-Ranges: bytes\r\n");
     if (range) {
         puts_(r, "Content-Range: bytes ");

@@ -51,6 +51,11 @@ struct fentry {
     size_t etag_len;
     const char *map; /* http_entry_map: the file's bytes, or NULL */
     int map_tried;
+    /* Precompressed siblings (FILE.gz, FILE.zst, FILE.br) found when the
+     * entry was opened, each held by it; [HTTP_ENC_IDENTITY] is unused.
+     * A sibling's coding is its own HTTP_ENC_*, 0 for a plain file. */
+    struct fentry *enc[HTTP_ENC_N];
+    int coding;
 };
 
 struct hconn;
@@ -157,6 +162,18 @@ void http_options(struct http_worker *w, struct http_resp *r, const struct http_
  * or *err < 0 (-errno) and nothing built. */
 void http_listing(struct http_worker *w, struct http_resp *r, const struct http_req *req,
                   const char *rel, struct http_str query, int dirfd, int *err);
+
+/* http_encoding.c: precompressed siblings.  Open those of e (a regular
+ * file just opened) that are regular and not older than it. */
+void http_siblings_open(struct http_worker *w, struct fentry *e);
+/* Let go of e's siblings (e is being freed). */
+void http_siblings_drop(struct fentry *e);
+/* The representation of e to send for req: *rep is e or one of its
+ * siblings, held (e itself is released), *hdrs the header lines it adds
+ * (Content-Encoding, Vary; "" when the file has no other forms).  -406
+ * when Accept-Encoding accepts none (e released, *hdrs the Vary line). */
+int http_encoding_pick(struct http_worker *w, const struct http_req *req, struct fentry *e,
+                       struct fentry **rep, const char **hdrs);
 
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);

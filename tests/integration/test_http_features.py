@@ -9,6 +9,7 @@ The client, the response checks and the server process are test_http.py's
 (Conn parses strictly, common() checks what every response carries); the
 document root is this script's own.  Every feature also runs on every
 backend x model against one server with all the options on (combo())."""
+import gzip
 import json
 import os
 import re
@@ -60,8 +61,28 @@ def make_root():
     for name in HOSTILE:
         _write(os.path.join(hostile, name), b"hostile " + name + b"\n")
     os.mkdir(os.path.join(hostile, b"d'ir \"<x>\""))
+    # /pc/: precompressed siblings
+    for name, data in PRE.items():
+        _write(os.path.join(root, "pc", name), data, MTIME + (1 if name != "page.txt" else 0))
+        DATA["/pc/" + name] = data
+    _write(os.path.join(root, "pc", "stale.txt"), b"the file is newer\n", MTIME + 100)
+    _write(os.path.join(root, "pc", "stale.txt.gz"), gzip.compress(b"old"), MTIME)
+    _write(os.path.join(root, "pc", "only-gz.txt"), b"only gzip here\n" * 40)
+    _write(os.path.join(root, "pc", "only-gz.txt.gz"), gzip.compress(b"only gzip here\n" * 40))
+    _write(os.path.join(root, "pc", "dir-sib.txt"), b"its .gz is a directory\n")
+    os.mkdir(os.path.join(root, "pc", "dir-sib.txt.gz"))
+    _write(tmp_path("outside.gz"), b"SECRET outside the root")
+    _write(os.path.join(root, "pc", "link-sib.txt"), b"its .gz leads out\n")
+    os.symlink(tmp_path("outside.gz"), os.path.join(root, "pc", "link-sib.txt.gz"))
+    _write(os.path.join(root, "pc", "mut.txt"), b"mutable\n")
+    _write(os.path.join(root, "pc", "mut.txt.gz"), gzip.compress(b"mutable\n"), MTIME + 1)
     th.ROOT = root
     return root
+
+
+PAGE = b"<p>" + b"compressible text, " * 200 + b"</p>\n"
+PRE = {"page.txt": PAGE, "page.txt.gz": gzip.compress(PAGE, mtime=0),
+       "page.txt.br": b"BR-bytes:" + os.urandom(40), "page.txt.zst": b"ZSTD-bytes:" + os.urandom(50)}
 
 
 SORTED = {"b-small.txt": (10, MTIME + 30), "a-big.txt": (5000, MTIME + 10),
@@ -413,6 +434,89 @@ def t_browser():
         check(text.strip() == "hostile q\"uote's.txt", f"the file: {text!r}")
 
 
+# ---- precompressed siblings ----------------------------------------------------------
+
+
+def enc_get(c, path, ae, what, method="GET", headers=()):
+    hs = ([f"Accept-Encoding: {ae}"] if ae is not None else []) + list(headers)
+    c.send(req(path, method, headers=hs))
+    return c.response(f"{what}: {method} {path} AE {ae!r}", head=method == "HEAD")
+
+
+def check_precompressed(addr, what):
+    p = "/pc/page.txt"
+    picks = [(None, None), ("", None), ("gzip", "gz"), ("gzip, deflate, br, zstd", "br"),
+             ("gzip, zstd", "zst"), ("br;q=0.5, gzip", "gz"), ("*", "br"),
+             ("*;q=0.5, br;q=0", "zst"), ("gzip;q=0, identity", None), ("x-gzip", "gz"),
+             ("identity;q=0, zstd", "zst"), ("compress", None)]
+    etags = {}
+    with Conn(addr) as c:
+        for ae, ext in picks:
+            r = enc_get(c, p, ae, what)
+            want = DATA[p + "." + ext] if ext else PAGE
+            coding = {"gz": "gzip", "br": "br", "zst": "zstd"}.get(ext)
+            check(r.status == 200 and r.body == want, f"{what}: AE {ae!r}: {r!r}, want .{ext}")
+            check(r.get("Content-Encoding") == coding, f"{what}: AE {ae!r}: {r!r}")
+            check(r.get("Vary") == "Accept-Encoding", f"{what}: AE {ae!r}: no Vary: {r!r}")
+            check(r.ctype() == "text/plain", f"{what}: AE {ae!r}: type {r!r}")
+            etags.setdefault(coding, set()).add(r.get("ETag"))
+        check(all(len(v) == 1 for v in etags.values()) and len(set.union(*etags.values())) == 4,
+              f"{what}: one ETag per coding, all different: {etags}")
+        check(gzip.decompress(enc_get(c, p, "gzip", what).body) == PAGE, f"{what}: gunzip")
+        # HEAD, Range and conditionals apply to the representation served.
+        r = enc_get(c, p, "gzip", what, "HEAD")
+        check(r.get("Content-Length") == str(len(DATA[p + ".gz"])), f"{what}: HEAD: {r!r}")
+        r = enc_get(c, p, "br", what, headers=["Range: bytes=2-11"])
+        check(r.status == 206 and r.body == DATA[p + ".br"][2:12]
+              and r.get("Content-Range") == f"bytes 2-11/{len(DATA[p + '.br'])}"
+              and r.get("Content-Encoding") == "br" and r.get("Vary") == "Accept-Encoding",
+              f"{what}: range of br: {r!r}")
+        gz_tag = etags["gzip"].copy().pop()
+        r = enc_get(c, p, "gzip", what, headers=[f"If-None-Match: {gz_tag}"])
+        check(r.status == 304 and r.get("Vary") == "Accept-Encoding" and r.get("ETag") == gz_tag,
+              f"{what}: 304 for gzip: {r!r}")
+        r = enc_get(c, p, None, what, headers=[f"If-None-Match: {gz_tag}"])
+        check(r.status == 200 and r.body == PAGE, f"{what}: gzip's ETag is not identity's: {r!r}")
+        # Nothing acceptable: 406 (with Vary); identity refused but a sibling fits: served.
+        for path, ae, status in ((p, "identity;q=0", 406), (p, "*;q=0", 406),
+                                 ("/hello.txt", "identity;q=0", 406),
+                                 ("/pc/only-gz.txt", "identity;q=0, br", 406),
+                                 ("/pc/only-gz.txt", "identity;q=0, gzip", 200)):
+            r = enc_get(c, path, ae, what)
+            expect_status(r, status, f"{what}: {path} AE {ae!r}")
+            check(r.get("Vary") == "Accept-Encoding", f"{what}: {path} AE {ae!r}: {r!r}")
+        # No sibling: no Vary, as before.  A sibling older than its file, a
+        # directory or a symlink out of the root is no sibling.
+        for path in ("/hello.txt", "/pc/stale.txt", "/pc/dir-sib.txt", "/pc/link-sib.txt"):
+            r = enc_get(c, path, "gzip, br, zstd", what)
+            check(r.status == 200 and r.get("Content-Encoding") is None and r.get("Vary") is None
+                  and b"SECRET" not in r.body, f"{what}: {path}: {r!r}")
+        # The sibling itself, asked for by name: a file like any other.
+        r = enc_get(c, p + ".gz", "gzip", what)
+        check(r.status == 200 and r.body == DATA[p + ".gz"] and r.get("Content-Encoding") is None
+              and r.get("ETag") != gz_tag, f"{what}: page.txt.gz by name: {r!r}")
+
+
+def t_precompressed():
+    with Server(*E) as srv:
+        check_precompressed(srv.addr, "precompressed")
+
+
+def t_precompressed_changes():
+    """A file rewritten after its sibling: the sibling is older now, not
+    sent (at once: the file is rechecked on every request)."""
+    path = os.path.join(th.ROOT, "pc", "mut.txt")
+    with Server(*E) as srv, Conn(srv.addr) as c:
+        r = enc_get(c, "/pc/mut.txt", "gzip", "mut")
+        check(r.get("Content-Encoding") == "gzip", f"before: {r!r}")
+        with open(path, "r+b") as f:
+            f.write(b"MUTABLE\n")
+        os.utime(path, (MTIME + 10, MTIME + 10))
+        r = enc_get(c, "/pc/mut.txt", "gzip", "mut")
+        check(r.status == 200 and r.body == b"MUTABLE\n" and r.get("Content-Encoding") is None,
+              f"after the file changed: {r!r}")
+
+
 def t_no_listing_json():
     with Server(*E, "--no-listing") as srv:
         for accept in ("text/html", "application/json"):
@@ -429,6 +533,7 @@ def combo(backend, model):
         check_headers(srv.addr, what)
         check_sorting(srv.addr, what)
         check_json(srv.addr, what)
+        check_precompressed(srv.addr, what)
 
 
 # ---- the runner ----------------------------------------------------------------------
