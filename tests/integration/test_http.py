@@ -7,8 +7,8 @@ A document root is built in a temp dir at start: files of 13 B, 4 KiB and
 specials, '#', '?', '%', UTF-8), symlinks that stay inside and ones that lead
 out, a secret file next to the root, a mode-000 file and directory, and
 directories named like hosts (evil.example, etc, x, \\evil) for the
-open-redirect cases.  Every
-server listens on port 0 and is found through its `listening ADDR` lines.
+open-redirect cases.  Every server listens on port 0 and is found through
+its `listening ADDR` lines.
 
 The full battery (t_* functions, each with its own server) runs on the event
 model with epoll; every backend x model combination runs a representative
