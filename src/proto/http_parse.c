@@ -363,6 +363,8 @@ static int apply_field(struct http_str name, struct http_str v, struct fields *f
             return -400;
     } else if (eq_nocase(name, "connection"))
         field_connection(v, req);
+    else if (eq_nocase(name, "if-range"))
+        keep_first(&req->if_range, v);
     else if (eq_nocase(name, "content-length"))
         return field_content_length(v, req);
     else if (eq_nocase(name, "transfer-encoding"))
@@ -376,8 +378,6 @@ static int apply_field(struct http_str name, struct http_str v, struct fields *f
         keep_first(&req->if_modified_since, v);
     else if (eq_nocase(name, "range"))
         keep_first(&req->range, v);
-    else if (eq_nocase(name, "if-range"))
-        keep_first(&req->if_range, v);
     return 0;
 }
 
