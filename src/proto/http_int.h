@@ -3,10 +3,12 @@
  *
  *   http_parse.c   request heads and chunked bodies: pure functions over
  *                  bytes, no allocation, fuzzed (tests/fuzz/fuzz_http.c)
- *   http_util.c    target -> path, containment (openat2), MIME types,
- *                  dates, ranges, ETags, directory listings
- *   http.c         the handler: responses, the open-file cache, both
- *                  handler styles (event and blocking)
+ *   http_util.c    target -> path, containment (openat2), dates, ranges,
+ *                  ETags, escaping, Locations
+ *   http_mime.c    MIME types
+ *   http_negotiate.c  Accept and Accept-Encoding (fuzz_http_negotiate.c)
+ *   http_listing.c directory listings (HTML and JSON)
+ * The server around them is http_srv.h's.
  *
  * Errors that become a response are negative HTTP status codes (-400,
  * -404, ...); other errors are negative errno values. */
