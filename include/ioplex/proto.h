@@ -81,6 +81,13 @@ struct iop_http_config {
     /* Content-Type of files whose extension is unknown; NULL:
      * application/octet-stream. */
     const char *default_type;
+    /* Compress files whose type is text/..., JSON, JavaScript, SVG, XML or
+     * wasm, up to compress_max bytes (0: 1 MiB), with gzip, zstd and
+     * brotli as clients accept them: once per version of a file, kept in
+     * memory (at most compress_memory bytes in all, 0: 64 MiB; least
+     * recently used copies are dropped) when a copy saves >= 10 %. */
+    int compress;
+    size_t compress_max, compress_memory;
 };
 
 /* Is line a header that may be added to responses: "Name: value", Name a

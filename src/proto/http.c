@@ -36,7 +36,13 @@ int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
         h->cfg.max_header = 8192;
     if (!h->cfg.header_timeout_ms)
         h->cfg.header_timeout_ms = 10000;
+    if (!h->cfg.compress_max)
+        h->cfg.compress_max = 1u << 20;
+    if (!h->cfg.compress_memory)
+        h->cfg.compress_memory = 64u << 20;
     int rc = http_headers_init(h);
+    if (rc == 0)
+        rc = http_zcache_new(h);
     if (rc < 0) {
         http_headers_fini(h);
         close(fd);
@@ -69,6 +75,7 @@ void iop_http_free(iop_http *http)
     }
     pthread_mutex_destroy(&http->lock);
     http_headers_fini(http);
+    http_zcache_free(http);
     close(http->rootfd);
     free(http);
 }
@@ -502,33 +509,56 @@ static int not_modified(const struct http_req *req, const struct fentry *e)
            e->st.st_mtime <= t;
 }
 
+/* A compressed copy seen as a file: its size and ETag, the file's dates. */
+static const struct fentry *zview(const struct fentry *e, const struct http_zcopy *z,
+                                  struct fentry *view)
+{
+    if (!z)
+        return e;
+    *view = *e;
+    view->st.st_size = (off_t)z->len;
+    memcpy(view->etag, z->etag, z->etag_len + 1);
+    view->etag_len = z->etag_len;
+    return view;
+}
+
+static void rep_release(struct fentry *e, struct http_zcopy *z)
+{
+    entry_release(e);
+    if (z)
+        http_zcopy_release(z);
+}
+
 static void serve_file(struct http_worker *w, struct http_resp *r, const struct http_req *req,
-                       struct fentry *e)
+                       struct fentry *file)
 {
     const char *hdrs;
-    if (http_encoding_pick(w, req, e, &e, &hdrs) < 0) {
+    struct http_zcopy *z;
+    struct fentry *e, view;
+    if (http_encoding_pick(w, req, file, &e, &hdrs, &z) < 0) {
         error_page_x(w, r, req, 406, hdrs);
         return;
     }
-    uint64_t size = (uint64_t)e->st.st_size, first = 0, last = size ? size - 1 : 0;
+    const struct fentry *v = zview(e, z, &view); /* the representation sent */
+    uint64_t size = (uint64_t)v->st.st_size, first = 0, last = size ? size - 1 : 0;
     int range = 0;
-    if (not_modified(req, e)) {
+    if (not_modified(req, v)) {
         head_begin(w, r, 304);
-        file_headers(w, r, e);
+        file_headers(w, r, v);
         puts_(r, hdrs);
         head_end(r, req);
-        entry_release(e);
+        rep_release(e, z);
         return;
     }
     /* If-Range: a client resuming a copy of another version must get the
      * whole file, never bytes of this one spliced onto its own. */
     int ranged = req->range.p &&
-                 (!req->if_range.p || http_if_range(req->if_range.p, req->if_range.n, e->etag,
-                                                    e->etag_len, e->st.st_mtime, time(NULL)));
+                 (!req->if_range.p || http_if_range(req->if_range.p, req->if_range.n, v->etag,
+                                                    v->etag_len, v->st.st_mtime, time(NULL)));
     if (ranged && (range = http_range(req->range.p, req->range.n, size, &first, &last)) < 0) {
         char cr[64];
         snprintf(cr, sizeof cr, "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
-        entry_release(e);
+        rep_release(e, z);
         error_page_x(w, r, req, 416, cr); /* no Vary: 416 is not cached */
         return;
     }
@@ -538,7 +568,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     puts_(r, e->mime);
     puts_(r, "\r\n");
     length(r, n);
-    file_headers(w, r, e);
+    file_headers(w, r, v);
     puts_(r, hdrs);
     puts_(r, "Accept-Ranges: bytes\r\n");
     if (range) {
@@ -552,7 +582,15 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     }
     head_end(r, req);
     if (req->method == HTTP_M_HEAD || n == 0) {
+        rep_release(e, z);
+        return;
+    }
+    r->log_bytes = n;
+    if (z) { /* from memory: the copy is held until sent */
         entry_release(e);
+        r->z = z;
+        r->body = z->data + first;
+        r->body_len = (size_t)n;
         return;
     }
     r->ent = e;
@@ -726,6 +764,9 @@ void http_resp_done(struct http_worker *w, struct http_resp *r)
     if (r->ent)
         entry_release(r->ent);
     r->ent = NULL;
+    if (r->z)
+        http_zcopy_release(r->z);
+    r->z = NULL;
     free(r->body_alloc);
     r->body_alloc = NULL;
     if (r->head != r->small)

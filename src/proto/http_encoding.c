@@ -42,13 +42,17 @@ static int not_older(const struct stat *sib, const struct stat *file)
     return sib->st_mtim.tv_nsec >= file->st_mtim.tv_nsec;
 }
 
-/* "<etag without its closing quote>-<coding>\"" */
+void http_etag_coded(const char *etag, size_t len, int coding, char *out, size_t outsz)
+{
+    snprintf(out, outsz, "%.*s-%s\"", len ? (int)len - 1 : 0, etag, token[coding]);
+}
+
 static void sibling_fill(struct fentry *s)
 {
-    s->etag_len = http_etag(&s->st, s->etag);
-    s->etag_len += (size_t)snprintf(s->etag + s->etag_len - 1, sizeof s->etag - s->etag_len + 1,
-                                    "-%s\"", token[s->coding]) -
-                   1;
+    char plain[64];
+    size_t n = http_etag(&s->st, plain);
+    http_etag_coded(plain, n, s->coding, s->etag, sizeof s->etag);
+    s->etag_len = strlen(s->etag);
     http_date(s->st.st_mtime, s->lastmod);
 }
 
@@ -117,25 +121,44 @@ static int sibling_ok(struct http_worker *w, const struct fentry *e, struct fent
     return 1;
 }
 
-int http_encoding_pick(struct http_worker *w, const struct http_req *req, struct fentry *e,
-                       struct fentry **rep, const char **hdrs)
+/* The codings --compress can offer for e: all three for a compressible
+ * file within the size limit that has no siblings of its own. */
+static unsigned compress_avail(const struct http_worker *w, const struct fentry *e)
 {
-    unsigned avail = 0;
+    const iop_http *h = w->http;
+    if (!h->zcache || e->coding || (uint64_t)e->st.st_size > h->cfg.compress_max ||
+        e->st.st_size == 0 || !http_compressible(e->mime))
+        return 0;
+    return 1u << HTTP_ENC_GZIP | 1u << HTTP_ENC_ZSTD | 1u << HTTP_ENC_BR;
+}
+
+int http_encoding_pick(struct http_worker *w, const struct http_req *req, struct fentry *e,
+                       struct fentry **rep, const char **hdrs, struct http_zcopy **z)
+{
+    unsigned avail = 0, made = 0;
     for (int c = HTTP_ENC_GZIP; c < HTTP_ENC_N; c++)
         if (e->enc[c] && sibling_ok(w, e, e->enc[c]))
             avail |= 1u << c;
+    if (!avail)
+        made = avail = compress_avail(w, e);
     int q[HTTP_ENC_N];
     http_accept_encoding(req->accept_encoding.p, req->accept_encoding.n, q);
     int c = http_encoding_choose(q, avail);
-    /* Without siblings nothing varies: no Vary, as before (but 406 for a
-     * client that refuses identity). */
-    *hdrs = avail || c < 0 ? with_vary[c > 0 ? c : 0] : "";
+    /* A coding whose copy does not pay is offered no more: the next best. */
+    *z = NULL;
+    while (c > 0 && (made & (1u << c)) && !(*z = http_zcopy_get(w->http, e, c))) {
+        avail &= ~(1u << c);
+        c = http_encoding_choose(q, avail);
+    }
+    /* Without siblings or --compress nothing varies: no Vary, as before
+     * (but 406 for a client that refuses identity). */
+    *hdrs = avail || made || c < 0 ? with_vary[c > 0 ? c : 0] : "";
     *rep = e;
     if (c < 0) {
         http_entry_release(e);
         return c;
     }
-    if (c > 0) {
+    if (c > 0 && !*z) {
         *rep = e->enc[c];
         http_entry_hold(*rep);
         http_entry_release(e);

@@ -150,6 +150,9 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     if (map) {
         http_entry_hold(r.ent);
         rc = iop_stream_writev_ref(hc->s, iov, 1, map + r.off, r.len, http_entry_release, r.ent);
+    } else if (r.z && r.body_len) { /* a compressed copy: lent, as a mapping is */
+        http_zcopy_hold(r.z);
+        rc = iop_stream_writev_ref(hc->s, iov, 1, r.body, r.body_len, http_zcopy_release, r.z);
     } else if (r.fd >= 0)
         rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
     else

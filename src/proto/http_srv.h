@@ -13,6 +13,7 @@
 #define IOP_PROTO_HTTP_SRV_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "ioplex/proto.h"
@@ -30,7 +31,8 @@ struct iop_http {
      * response (CORS, --header), file_extra on files (Cache-Control). */
     char *extra, *file_extra;
     size_t extra_len, file_extra_len;
-    pthread_mutex_t lock; /* guards workers */
+    struct http_zcache *zcache; /* compressed copies (cfg.compress), or NULL */
+    pthread_mutex_t lock;       /* guards workers */
     struct http_worker *workers;
 };
 
@@ -56,6 +58,22 @@ struct fentry {
      * A sibling's coding is its own HTTP_ENC_*, 0 for a plain file. */
     struct fentry *enc[HTTP_ENC_N];
     int coding;
+};
+
+/* A compressed copy of one version of a file (http_compress.c).  data
+ * NULL: compressing did not pay; remembered so that it is not tried again.
+ * Immutable once made, but for refs and the table's links. */
+struct http_zcopy {
+    atomic_uint refs;
+    int coding; /* HTTP_ENC_* */
+    char *path;
+    uint32_t hash;
+    char *data;
+    size_t len;
+    char src_etag[64]; /* the identity ETag it was made from */
+    char etag[80];     /* its own: src_etag with the coding appended */
+    size_t etag_len;
+    struct http_zcopy *hnext, *prev, *next; /* bucket chain, LRU list */
 };
 
 struct hconn;
@@ -108,9 +126,10 @@ struct http_resp {
     int fd; /* file body, or -1 */
     off_t off;
     size_t len;
-    struct fentry *ent; /* held cache entry, or NULL: fd is ours to close */
-    uint64_t log_bytes; /* body bytes, for the access log */
-    const char *extra;  /* the server's header lines for every response */
+    struct fentry *ent;   /* held cache entry, or NULL: fd is ours to close */
+    struct http_zcopy *z; /* held compressed copy the body points into, or NULL */
+    uint64_t log_bytes;   /* body bytes, for the access log */
+    const char *extra;    /* the server's header lines for every response */
     size_t extra_len;
     size_t head_extra; /* bytes of configured headers a head may carry */
     char small[768];   /* head is this, unless a long Location needed more */
@@ -173,7 +192,21 @@ void http_siblings_drop(struct fentry *e);
  * (Content-Encoding, Vary; "" when the file has no other forms).  -406
  * when Accept-Encoding accepts none (e released, *hdrs the Vary line). */
 int http_encoding_pick(struct http_worker *w, const struct http_req *req, struct fentry *e,
-                       struct fentry **rep, const char **hdrs);
+                       struct fentry **rep, const char **hdrs, struct http_zcopy **z);
+/* etag (a quoted strong ETag of len bytes) with "-<coding>" appended inside
+ * its quotes, NUL-terminated in out[outsz]. */
+void http_etag_coded(const char *etag, size_t len, int coding, char *out, size_t outsz);
+
+/* http_compress.c: the table of compressed copies (cfg.compress).
+ * http_zcopy_get: the copy of e in coding, made now when there is none for
+ * this version of the file; held.  NULL when compressing does not pay, the
+ * file changed meanwhile, or memory ran out: send identity. */
+int http_zcache_new(iop_http *h);
+void http_zcache_free(iop_http *h);
+int http_compressible(const char *mime);
+struct http_zcopy *http_zcopy_get(iop_http *h, const struct fentry *e, int coding);
+void http_zcopy_hold(struct http_zcopy *c);
+void http_zcopy_release(void *c);
 
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);

@@ -76,8 +76,24 @@ def make_root():
     os.symlink(tmp_path("outside.gz"), os.path.join(root, "pc", "link-sib.txt.gz"))
     _write(os.path.join(root, "pc", "mut.txt"), b"mutable\n")
     _write(os.path.join(root, "pc", "mut.txt.gz"), gzip.compress(b"mutable\n"), MTIME + 1)
+    # /z/: for --compress
+    for name, data in ZFILES.items():
+        _write(os.path.join(root, "z", name), data)
+        DATA["/z/" + name] = data
     th.ROOT = root
     return root
+
+
+def _text(n, seed):
+    import random
+    rnd = random.Random(seed)
+    words = [b"alpha", b"beta", b"gamma", b"delta", b"static", b"server", b"ioplex", b"<div>"]
+    return b" ".join(rnd.choice(words) for _ in range(n // 5))[:n]
+
+
+ZFILES = {"text.txt": _text(65536, 1), "app.js": _text(20000, 2), "data.json": _text(9000, 3),
+          "pic.svg": _text(4000, 4), "noise.txt": os.urandom(6000), "blob.bin": _text(30000, 5),
+          "big.txt": _text(300000, 6), "tiny.txt": b"hi\n", "mut.txt": _text(8000, 7)}
 
 
 PAGE = b"<p>" + b"compressible text, " * 200 + b"</p>\n"
@@ -190,7 +206,9 @@ BAD = [
     ["--header", "Bad Name: x"], ["--header", "X-A: a\r\nX-B: b"], ["--header", "X-A: a\nb"],
     ["--header", "NoColon"], ["--header", ": empty name"], ["--header", "X-Empty:"],
     ["--header"], ["--cache-control", ""], ["--cache-control", "a\rb"],
-    ["--content-type", "text/plain\n"], ["--cors=1"],
+    ["--content-type", "text/plain\n"], ["--cors=1"], ["--compress-max", "0"],
+    ["--compress-max", "1X"], ["--compress-max", "-5"], ["--compress-memory", ""],
+    ["--compress-memory", "2T"], ["--compress=yes"],
 ]
 
 
@@ -517,6 +535,92 @@ def t_precompressed_changes():
               f"after the file changed: {r!r}")
 
 
+# ---- --compress ----------------------------------------------------------------------
+
+
+def check_compress(addr, what, limit=65536 * 2):
+    """Compressible types come compressed in the coding asked for (gzip
+    round-trips; zstd has its magic), the same bytes every time; files that
+    do not shrink by a tenth, other types and files over --compress-max
+    stay identity; HEAD, Range and 304 apply to the copy."""
+    with Conn(addr) as c:
+        bodies = {}
+        for path in ("/z/text.txt", "/z/app.js", "/z/data.json", "/z/pic.svg"):
+            data = DATA[path]
+            for ae, coding in (("gzip", "gzip"), ("zstd", "zstd"), ("br", "br"),
+                               ("gzip, deflate, br, zstd", "br"), (None, None)):
+                r = enc_get(c, path, ae, what)
+                check(r.status == 200 and r.get("Content-Encoding") == coding
+                      and r.get("Vary") == "Accept-Encoding", f"{what}: {path} AE {ae}: {r!r}")
+                if coding:
+                    check(len(r.body) <= len(data) * 0.9, f"{what}: {path} {coding}: "
+                          f"{len(r.body)} of {len(data)} bytes")
+                    check(bodies.setdefault((path, coding), r.body) == r.body,
+                          f"{what}: {path} {coding}: other bytes the second time")
+                else:
+                    check(r.body == data, f"{what}: {path} identity")
+            check(gzip.decompress(bodies[(path, "gzip")]) == data, f"{what}: {path}: gunzip")
+            check(bodies[(path, "zstd")][:4] == b"\x28\xb5\x2f\xfd", f"{what}: zstd magic")
+        p = "/z/text.txt"
+        br = bodies[(p, "br")]
+        r = enc_get(c, p, "br", what, headers=["Range: bytes=100-199"])
+        check(r.status == 206 and r.body == br[100:200]
+              and r.get("Content-Range") == f"bytes 100-199/{len(br)}", f"{what}: range: {r!r}")
+        r = enc_get(c, p, "br", what, "HEAD")
+        check(r.get("Content-Length") == str(len(br)) and r.get("Content-Encoding") == "br",
+              f"{what}: HEAD: {r!r}")
+        tag = r.get("ETag")
+        r = enc_get(c, p, "br", what, headers=[f"If-None-Match: {tag}"])
+        check(r.status == 304 and r.get("ETag") == tag, f"{what}: 304 on the copy: {r!r}")
+        r = enc_get(c, p, "gzip", what, headers=[f"If-None-Match: {tag}"])
+        check(r.status == 200 and r.get("ETag") not in (tag, None), f"{what}: gzip vs br: {r!r}")
+        for path, vary in (("/z/noise.txt", True), ("/z/tiny.txt", True), ("/z/blob.bin", False),
+                           ("/z/big.txt", limit > 300000)):
+            r = enc_get(c, path, "gzip, br, zstd", what)
+            check(r.status == 200 and r.body == DATA[path] and r.get("Content-Encoding") is None,
+                  f"{what}: {path} should go as it is: {r!r}")
+            check((r.get("Vary") == "Accept-Encoding") == vary, f"{what}: {path}: Vary {r!r}")
+        # Siblings win over --compress.
+        r = enc_get(c, "/pc/page.txt", "gzip", what)
+        check(r.body == DATA["/pc/page.txt.gz"], f"{what}: the sibling, not a copy: {r!r}")
+        r = enc_get(c, "/z/text.txt", "identity;q=0, compress", what)
+        expect_status(r, 406, f"{what}: nothing acceptable")
+
+
+def t_compress():
+    with Server(*E, "--compress", "--compress-max", "128k") as srv:
+        check_compress(srv.addr, "compress")
+
+
+def t_compress_changes():
+    """A file rewritten: the next response is a copy of the new bytes, with
+    a new ETag."""
+    path = os.path.join(th.ROOT, "z", "mut.txt")
+    with Server(*E, "--compress") as srv, Conn(srv.addr) as c:
+        r1 = enc_get(c, "/z/mut.txt", "gzip", "mut")
+        check(gzip.decompress(r1.body) == DATA["/z/mut.txt"], f"before: {r1!r}")
+        new = _text(8000, 99)
+        with open(path, "wb") as f:
+            f.write(new)
+        os.utime(path, (MTIME + 5, MTIME + 5))
+        r2 = enc_get(c, "/z/mut.txt", "gzip", "mut")
+        check(gzip.decompress(r2.body) == new and r2.get("ETag") != r1.get("ETag"),
+              f"after the change: {r2!r}")
+
+
+def t_compress_memory():
+    """A budget smaller than the copies: every response is still right,
+    from many clients at once (copies evicted while others send them)."""
+    with Server(*E, "--compress", "--compress-memory", "12k", "--workers", "2") as srv:
+        def client(i):
+            with Conn(srv.addr) as c:
+                for k in range(30):
+                    path = ("/z/text.txt", "/z/app.js", "/z/data.json", "/z/pic.svg")[(i + k) % 4]
+                    r = enc_get(c, path, "gzip", f"client {i}")
+                    check(gzip.decompress(r.body) == DATA[path], f"client {i}: {path}")
+        th.parallel([lambda i=i: client(i) for i in range(8)], "tiny budget")
+
+
 def t_no_listing_json():
     with Server(*E, "--no-listing") as srv:
         for accept in ("text/html", "application/json"):
@@ -534,6 +638,9 @@ def combo(backend, model):
         check_sorting(srv.addr, what)
         check_json(srv.addr, what)
         check_precompressed(srv.addr, what)
+    with Server(*BACKENDS[backend], "--model", model, "--compress", "--compress-max", "128k",
+                grace="10") as srv:
+        check_compress(srv.addr, what)
 
 
 # ---- the runner ----------------------------------------------------------------------
