@@ -485,7 +485,7 @@ void http_error_page(struct http_worker *w, struct http_resp *r, const struct ht
     error_page_x(w, r, req, status, NULL);
 }
 
-static void file_headers(struct http_worker *w, struct http_resp *r, const struct fentry *e)
+void http_file_headers(struct http_worker *w, struct http_resp *r, const struct fentry *e)
 {
     puts_(r, "Last-Modified: ");
     puts_(r, e->lastmod);
@@ -544,7 +544,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     int range = 0;
     if (not_modified(req, v)) {
         head_begin(w, r, 304);
-        file_headers(w, r, v);
+        http_file_headers(w, r, v);
         puts_(r, hdrs);
         head_end(r, req);
         rep_release(e, z);
@@ -555,7 +555,16 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     int ranged = req->range.p &&
                  (!req->if_range.p || http_if_range(req->if_range.p, req->if_range.n, v->etag,
                                                     v->etag_len, v->st.st_mtime, time(NULL)));
-    if (ranged && (range = http_range(req->range.p, req->range.n, size, &first, &last)) < 0) {
+    struct http_byterange rg[HTTP_RANGES_MAX];
+    if (ranged && (range = http_ranges(req->range.p, req->range.n, size, rg)) > 1) {
+        http_serve_parts(w, r, req, e, v, z, hdrs, rg, range);
+        return;
+    }
+    if (range == 1) {
+        first = rg[0].first;
+        last = rg[0].last;
+    }
+    if (range < 0) {
         char cr[64];
         snprintf(cr, sizeof cr, "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
         rep_release(e, z);
@@ -568,7 +577,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     puts_(r, e->mime);
     puts_(r, "\r\n");
     length(r, n);
-    file_headers(w, r, v);
+    http_file_headers(w, r, v);
     puts_(r, hdrs);
     puts_(r, "Accept-Ranges: bytes\r\n");
     if (range) {
@@ -769,6 +778,9 @@ void http_resp_done(struct http_worker *w, struct http_resp *r)
     r->z = NULL;
     free(r->body_alloc);
     r->body_alloc = NULL;
+    free(r->parts);
+    r->parts = NULL;
+    r->nparts = 0;
     if (r->head != r->small)
         free(r->head);
     r->head = r->small;

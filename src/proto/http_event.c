@@ -137,6 +137,35 @@ static const char *peer_of(struct http_worker *w, iop_stream *s)
     return p->name;
 }
 
+/* A multipart body: per part its text (after the head, for the first)
+ * and its slice, lent from memory (a compressed copy, a mapped file) or
+ * sent from the file; then the closing boundary.  As iop_stream_write. */
+static int send_parts(iop_stream *s, const struct http_resp *r)
+{
+    const char *map = r->ent ? http_entry_map(r->ent) : NULL;
+    const char *mem = r->z ? r->z->data : map;
+    int rc = 0;
+    for (int i = 0; i < r->nparts && rc >= 0; i++) {
+        const struct http_part *p = &r->parts[i];
+        struct iovec iov[2] = {{r->head, r->head_len}, {r->body_alloc + p->text_off, p->text_len}};
+        struct iovec *v = i ? iov + 1 : iov;
+        int cnt = i ? 1 : 2, k;
+        if (!p->len) {
+            k = iop_stream_writev(s, v, cnt);
+        } else if (r->z) {
+            http_zcopy_hold(r->z);
+            k = iop_stream_writev_ref(s, v, cnt, mem + p->off, p->len, http_zcopy_release, r->z);
+        } else if (map) {
+            http_entry_hold(r->ent);
+            k = iop_stream_writev_ref(s, v, cnt, map + p->off, p->len, http_entry_release, r->ent);
+        } else {
+            k = iop_stream_sendfilev(s, v, cnt, r->fd, (off_t)p->off, p->len, IOP_SENDFILE_DUP);
+        }
+        rc = k < 0 ? k : k > rc ? k : rc;
+    }
+    return rc;
+}
+
 /* Send the response to one head.  0: go on; 1: the queue is full, pause;
  * -1: the stream is ending or closed. */
 static int respond(struct hconn *hc, const struct http_req *req, int err)
@@ -146,8 +175,10 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     http_respond(w, req, err, hc->stopping, &r);
     struct iovec iov[2] = {{r.head, r.head_len}, {(void *)(uintptr_t)r.body, r.body_len}};
     int rc;
-    const char *map = r.ent ? http_entry_map(r.ent) : NULL;
-    if (map) {
+    const char *map = r.ent && !r.nparts ? http_entry_map(r.ent) : NULL;
+    if (r.nparts) {
+        rc = send_parts(hc->s, &r);
+    } else if (map) {
         http_entry_hold(r.ent);
         rc = iop_stream_writev_ref(hc->s, iov, 1, map + r.off, r.len, http_entry_release, r.ent);
     } else if (r.z && r.body_len) { /* a compressed copy: lent, as a mapping is */

@@ -161,6 +161,19 @@ int http_date_parse(const char *s, size_t n, time_t *out);
  *  -416 one range that no byte of the file satisfies (incl. size 0) */
 int http_range(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last);
 
+/* Several ranges (http_range.c): up to HTTP_RANGES_MAX specs, of which
+ * those no byte of the file satisfies are dropped and the rest sorted and
+ * coalesced (overlapping or adjacent ones merged) into out[]:
+ *   n > 0  the count in out (1: a single range, as http_range's)
+ *   0      serve the whole file: not understood, not "bytes=", more than
+ *          HTTP_RANGES_MAX specs, or more bytes asked for than the file has
+ *  -416    no spec is satisfiable */
+#define HTTP_RANGES_MAX 16
+struct http_byterange {
+    uint64_t first, last; /* inclusive */
+};
+int http_ranges(const char *s, size_t n, uint64_t size, struct http_byterange *out);
+
 /* If-Range value v[0..n) against the file's validators (RFC 9110
  * §13.1.5): 1 when the Range may be honoured, 0 when it must be ignored
  * (200 with the whole file).  An entity-tag matches by the strong

@@ -128,8 +128,14 @@ struct http_resp {
     size_t len;
     struct fentry *ent;   /* held cache entry, or NULL: fd is ours to close */
     struct http_zcopy *z; /* held compressed copy the body points into, or NULL */
-    uint64_t log_bytes;   /* body bytes, for the access log */
-    const char *extra;    /* the server's header lines for every response */
+    /* multipart/byteranges: nparts parts (the last one the closing
+     * boundary, without data), their text in body_alloc, their data slices
+     * of the file (fd) or of z's bytes. */
+    struct http_part *parts;
+    int nparts;
+    char boundary[36];
+    uint64_t log_bytes; /* body bytes, for the access log */
+    const char *extra;  /* the server's header lines for every response */
     size_t extra_len;
     size_t head_extra; /* bytes of configured headers a head may carry */
     char small[768];   /* head is this, unless a long Location needed more */
@@ -207,6 +213,23 @@ int http_compressible(const char *mime);
 struct http_zcopy *http_zcopy_get(iop_http *h, const struct fentry *e, int coding);
 void http_zcopy_hold(struct http_zcopy *c);
 void http_zcopy_release(void *c);
+
+/* One part of a multipart body: text (boundary line, part headers) at
+ * text_off in the response's body_alloc, then len bytes at off of the
+ * representation. */
+struct http_part {
+    size_t text_off, text_len;
+    uint64_t off, len;
+};
+
+/* Last-Modified, ETag and the configured file headers of e. */
+void http_file_headers(struct http_worker *w, struct http_resp *r, const struct fentry *e);
+/* http_range.c: the 206 multipart/byteranges answer for n > 1 coalesced
+ * ranges of the representation v (the file e, or the copy z of it; both
+ * held, and kept by r or released). */
+void http_serve_parts(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                      struct fentry *e, const struct fentry *v, struct http_zcopy *z,
+                      const char *hdrs, const struct http_byterange *rg, int n);
 
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);

@@ -470,71 +470,11 @@ int http_date_parse(const char *s, size_t n, time_t *out)
     return 0;
 }
 
-/* ---- ranges -------------------------------------------------------------- */
-
 static size_t skip_ows(const char *s, size_t n, size_t i)
 {
     while (i < n && is_ows(s[i]))
         i++;
     return i;
-}
-
-/* Decimal digits at s[*i...] into *v; 0, or -1 when there are none or they
- * overflow. */
-static int get_u64(const char *s, size_t n, size_t *i, uint64_t *v)
-{
-    size_t start = *i;
-    *v = 0;
-    for (; *i < n && is_digit(s[*i]); (*i)++) {
-        unsigned d = (unsigned)(s[*i] - '0');
-        if (*v > (UINT64_MAX - d) / 10)
-            return -1;
-        *v = *v * 10 + d;
-    }
-    return *i > start ? 0 : -1;
-}
-
-/* The byte-range-spec or suffix-range after "bytes=": 1, -416, or 0. */
-static int range_spec(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last)
-{
-    size_t i = 0;
-    uint64_t a = 0, b = UINT64_MAX;
-    int suffix = i < n && s[i] == '-';
-    if (!suffix && get_u64(s, n, &i, &a) < 0)
-        return 0;
-    i = skip_ows(s, n, i);
-    if (i >= n || s[i] != '-')
-        return 0;
-    i = skip_ows(s, n, i + 1);
-    if ((i < n || suffix) && get_u64(s, n, &i, &b) < 0)
-        return 0;
-    if (skip_ows(s, n, i) != n || a > b)
-        return 0;
-    if (suffix) {
-        if (b == 0 || size == 0)
-            return -416;
-        a = b > size ? 0 : size - b;
-        b = size - 1;
-    }
-    if (a >= size)
-        return -416;
-    *first = a;
-    *last = b >= size ? size - 1 : b;
-    return 1;
-}
-
-int http_range(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last)
-{
-    static const char unit[] = "bytes";
-    size_t i = skip_ows(s, n, 0);
-    for (size_t k = 0; k < 5; k++, i++)
-        if (i >= n || lower(s[i]) != unit[k])
-            return 0;
-    i = skip_ows(s, n, i);
-    if (i >= n || s[i] != '=' || memchr(s, ',', n))
-        return 0;
-    i = skip_ows(s, n, i + 1);
-    return range_spec(s + i, n - i, size, first, last);
 }
 
 /* ---- ETags --------------------------------------------------------------- */

@@ -1153,7 +1153,8 @@ def t_ranges():
                 r = c.response(f"Range: {spec}")
                 check(r.status == 416 and r.get("Content-Range") == "bytes */4096",
                       f"Range: {spec}: want 416 with `Content-Range: bytes */4096`: {r!r}")
-            for spec, ok in (("bytes=0-1,3-4", (200,)), ("items=0-3", (200,)),
+            # Several ranges: multipart (test_http_features.py looks inside).
+            for spec, ok in (("bytes=0-1,3-4", (206,)), ("items=0-3", (200,)),
                              ("bytes=5-3", (200, 416)), ("bytes=abc", (200, 416)),
                              ("bytes=", (200, 416))):
                 c.send(req("/4k", headers=[f"Range: {spec}"]))

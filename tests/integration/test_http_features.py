@@ -80,6 +80,10 @@ def make_root():
     for name, data in ZFILES.items():
         _write(os.path.join(root, "z", name), data)
         DATA["/z/" + name] = data
+    for name, n in (("r/small.bin", 5000), ("r/large.bin", 1 << 20)):
+        data = os.urandom(n)
+        _write(os.path.join(root, name), data)
+        DATA["/" + name] = data
     th.ROOT = root
     return root
 
@@ -621,6 +625,102 @@ def t_compress_memory():
         th.parallel([lambda i=i: client(i) for i in range(8)], "tiny budget")
 
 
+# ---- several ranges --------------------------------------------------------------------
+
+
+def parts_of(r, what, size, ctype):
+    """The parts of a multipart/byteranges body, strictly: [(first, last,
+    bytes)]."""
+    m = re.fullmatch(r"multipart/byteranges; boundary=([0-9A-Za-z'()+_,./:=?-]{1,70})",
+                     r.get("Content-Type") or "")
+    check(r.status == 206 and m, f"{what}: {r!r}")
+    b = m.group(1).encode()
+    body = r.body
+    check(body.startswith(b"--" + b + b"\r\n") and body.endswith(b"\r\n--" + b + b"--\r\n"),
+          f"{what}: body frame {body[:80]!r} ... {body[-80:]!r}")
+    out = []
+    inner = b"\r\n" + body[:-len(b"\r\n--" + b + b"--\r\n")]
+    for chunk in inner.split(b"\r\n--" + b + b"\r\n")[1:]:
+        head, sep, data = chunk.partition(b"\r\n\r\n")
+        check(sep, f"{what}: a part without headers: {chunk[:100]!r}")
+        hs = dict(line.split(b": ", 1) for line in head.split(b"\r\n"))
+        check(hs.get(b"Content-Type") == ctype.encode(), f"{what}: part type {hs}")
+        cr = re.fullmatch(rb"bytes (\d+)-(\d+)/(\d+)", hs.get(b"Content-Range", b""))
+        check(cr and int(cr.group(3)) == size, f"{what}: part range {hs}")
+        first, last = int(cr.group(1)), int(cr.group(2))
+        check(len(data) == last - first + 1, f"{what}: part {first}-{last} has {len(data)} bytes")
+        out.append((first, last, data))
+    return out
+
+
+def check_ranges(addr, what):
+    with Conn(addr) as c:
+        for path in ("/r/small.bin", "/r/large.bin"):
+            data = DATA[path]
+            size = len(data)
+            for spec, want in (("0-9,100-199", [(0, 9), (100, 199)]),
+                               ("100-199,0-9", [(0, 9), (100, 199)]),
+                               ("0-9,5-20,21-30,-10", [(0, 30), (size - 10, size - 1)]),
+                               ("0-0, 2-2 ,4-4", [(0, 0), (2, 2), (4, 4)]),
+                               (f"0-1,{size + 5}-", [(0, 1)]),
+                               (",".join(f"{i * 3}-{i * 3}" for i in range(16)),
+                                [(i * 3, i * 3) for i in range(16)])):
+                c.send(req(path, headers=[f"Range: bytes={spec}"]))
+                r = c.response(f"{what}: {path} {spec}")
+                if len(want) == 1:
+                    a, b = want[0]
+                    check(r.status == 206 and r.body == data[a:b + 1]
+                          and r.get("Content-Range") == f"bytes {a}-{b}/{size}",
+                          f"{what}: {path} {spec}: one range: {r!r}")
+                    continue
+                parts = parts_of(r, f"{what}: {path} {spec}", size, "application/octet-stream")
+                check([(a, b) for a, b, _ in parts] == want, f"{what}: {spec}: {parts}")
+                for a, b, got in parts:
+                    check(got == data[a:b + 1], f"{what}: {path} {spec}: bytes of {a}-{b}")
+                check(r.get("Accept-Ranges") == "bytes" and r.get("ETag"), f"{what}: {r!r}")
+            # The whole file: more than 16 ranges, more bytes than the file,
+            # an If-Range for another version.
+            for hs in ([f"Range: bytes={','.join(f'{i * 3}-{i * 3}' for i in range(17))}"],
+                       [f"Range: bytes=0-{size - 1},0-0"],
+                       ["Range: bytes=0-1,3-4", 'If-Range: "other"']):
+                c.send(req(path, headers=hs))
+                r = c.response(f"{what}: {path} {hs}")
+                check(r.status == 200 and r.body == data, f"{what}: {path} {hs}: {r!r}")
+            c.send(req(path, headers=[f"Range: bytes={size}-,{size + 9}-{size + 20}"]))
+            r = c.response(f"{what}: 416")
+            check(r.status == 416 and r.get("Content-Range") == f"bytes */{size}", f"{r!r}")
+            c.send(req(path, "HEAD", headers=["Range: bytes=0-1,3-4"]))
+            r = c.response(f"{what}: HEAD", head=True)
+            check(r.status == 206 and "multipart/byteranges" in r.get("Content-Type"),
+                  f"{what}: HEAD: {r!r}")
+        # Of a precompressed sibling: the parts are the sibling's bytes.
+        gz = DATA["/pc/page.txt.gz"]
+        c.send(req("/pc/page.txt", headers=["Range: bytes=0-3,10-12", "Accept-Encoding: gzip"]))
+        r = c.response(f"{what}: ranges of .gz")
+        parts = parts_of(r, f"{what}: ranges of .gz", len(gz), "text/plain")
+        check([d for _, _, d in parts] == [gz[0:4], gz[10:13]]
+              and r.get("Content-Encoding") == "gzip", f"{what}: {parts}")
+        c.send(req("/hello.txt"))  # the connection goes on
+        r = c.response(f"{what}: after")
+        check(r.body == DATA["/hello.txt"], f"{what}: after the multipart responses: {r!r}")
+
+
+def t_ranges():
+    with Server(*E) as srv:
+        check_ranges(srv.addr, "ranges")
+
+
+def t_ranges_compressed():
+    """Several ranges of a --compress copy: slices of the copy."""
+    with Server(*E, "--compress") as srv, Conn(srv.addr) as c:
+        c.send(req("/z/text.txt", headers=["Accept-Encoding: gzip"]))
+        whole = c.response("whole").body
+        c.send(req("/z/text.txt", headers=["Accept-Encoding: gzip", "Range: bytes=0-9,-20"]))
+        r = c.response("parts")
+        parts = parts_of(r, "copy parts", len(whole), "text/plain")
+        check([d for _, _, d in parts] == [whole[:10], whole[-20:]], f"parts {parts}")
+
+
 def t_no_listing_json():
     with Server(*E, "--no-listing") as srv:
         for accept in ("text/html", "application/json"):
@@ -641,6 +741,7 @@ def combo(backend, model):
     with Server(*BACKENDS[backend], "--model", model, "--compress", "--compress-max", "128k",
                 grace="10") as srv:
         check_compress(srv.addr, what)
+        check_ranges(srv.addr, what)
 
 
 # ---- the runner ----------------------------------------------------------------------

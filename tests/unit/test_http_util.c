@@ -736,6 +736,71 @@ IOP_TEST(range_forms_and_edges, be)
     CHECK_EQ(last, 2);
 }
 
+/* "a-b,c-d" of the ranges out[0..n) (n <= 0: the number). */
+static void ranges_text(const struct http_byterange *rg, int n, char *out, size_t outsz)
+{
+    size_t len = 0;
+    if (n <= 0)
+        snprintf(out, outsz, "%d", n);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(out + len, outsz - len, "%s%llu-%llu", i ? "," : "",
+                                (unsigned long long)rg[i].first, (unsigned long long)rg[i].last);
+}
+
+IOP_TEST(ranges_several, be)
+{
+    (void)be;
+    static const struct {
+        const char *s;
+        uint64_t size;
+        const char *want; /* the coalesced ranges, or "0" / "-416" */
+    } cases[] = {
+        {"bytes=0-0", 100, "0-0"},
+        {"bytes=0-4,10-14", 100, "0-4,10-14"},
+        {"bytes=10-14,0-4", 100, "0-4,10-14"},
+        {"bytes=0-4,5-9", 100, "0-9"},  /* adjacent */
+        {"bytes=0-9,5-14", 50, "0-14"}, /* overlapping */
+        {"bytes=0-1, 4-5 ,,8-9,", 100, "0-1,4-5,8-9"},
+        {"bytes=-5,0-0", 100, "0-0,95-99"},
+        {"bytes=200-300,0-1", 100, "0-1"}, /* the unsatisfiable one dropped */
+        {"bytes=200-300,400-", 100, "-416"},
+        {"bytes=0-99,0-0", 100, "0"},      /* more than the file */
+        {"bytes=0-49,50-99", 100, "0-99"}, /* exactly the file */
+        {"bytes=0-1,x", 100, "0"},         /* one bad spec: ignore the header */
+        {"bytes=,", 100, "0"},
+        {"items=0-1,2-3", 100, "0"},
+        {"bytes=0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,"
+         "28-28,30-30",
+         100,
+         "0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,28-28,"
+         "30-30"},
+        {"bytes=0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,"
+         "28-28,30-30,32-32",
+         100, "0"},                    /* 17 specs */
+        {"bytes=0-0,0-0,0-0", 2, "0"}, /* 3 bytes asked of 2 */
+        {"bytes=0-", 0, "-416"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_byterange rg[HTTP_RANGES_MAX];
+        char got[512];
+        int n = http_ranges(cases[i].s, strlen(cases[i].s), cases[i].size, rg);
+        ranges_text(rg, n, got, sizeof got);
+        if (strcmp(got, cases[i].want) != 0)
+            iop_test_fail(__FILE__, __LINE__, "'%s' size %llu: %s, want %s", cases[i].s,
+                          (unsigned long long)cases[i].size, got, cases[i].want);
+    }
+    /* One range agrees with http_range. */
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+        const struct range_case *c = &ranges[i];
+        struct http_byterange rg[HTTP_RANGES_MAX];
+        if (strchr(c->s, ','))
+            continue; /* several: http_range's 0 is "not mine" */
+        int n = http_ranges(c->s, strlen(c->s), c->size, rg);
+        if (n != c->rc || (n == 1 && (rg[0].first != c->first || rg[0].last != c->last)))
+            iop_test_fail(__FILE__, __LINE__, "'%s': http_ranges %d", c->s, n);
+    }
+}
+
 /* ---- ETags --------------------------------------------------------------- */
 
 IOP_TEST(etag_format, be)
