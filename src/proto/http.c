@@ -664,6 +664,17 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
     }
 }
 
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r)
+{
+    memset(r, 0, offsetof(struct http_resp, small));
+    r->head = r->small;
+    r->head_cap = sizeof r->small;
+    r->fd = -1;
+    r->close = 1;
+    error_page(w, r, req, 503);
+}
+
 void http_resp_done(struct http_worker *w, struct http_resp *r)
 {
     (void)w;

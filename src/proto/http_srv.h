@@ -129,6 +129,11 @@ void http_worker_fini(struct http_worker *w);
  * stopping, so the connection closes after this response. */
 void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
                   struct http_resp *r);
+/* A 503 for req (NULL: a refused head), closing the connection: the
+ * response built for it could not be sent for want of descriptors or
+ * memory. */
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r);
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 
