@@ -623,7 +623,8 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
     }
     struct iovec all[REF_IOV_MAX];
     size_t total = iov_total(iov, iovcnt), sent = 0;
-    memcpy(all, iov, (size_t)iovcnt * sizeof *iov);
+    for (int i = 0; i < iovcnt; i++)
+        all[i] = iov[i];
     all[iovcnt] = (struct iovec){(void *)(uintptr_t)ref, ref_len};
     struct wres r;
     if ((rc = res_take(s, total, ref_len > 0, &r)) < 0) {
