@@ -169,11 +169,8 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     http_log(w, peer_of(w, hc->s), req, err, &r);
     int close = r.close;
     http_resp_done(w, &r);
-    if (rc < 0) {
-        iop_stream_close(hc->s);
-        return -1;
-    }
-    if (close) {
+    /* Not even the 503 went: the responses queued before it still do. */
+    if (rc < 0 || close) {
         iop_stream_end(hc->s);
         return -1;
     }
@@ -253,7 +250,7 @@ static size_t feed(struct hconn *hc, const char *p, size_t n)
             /* Its size is known only at its end: answer then (413 if over
              * the limit), so hold on to the head. */
             if (!(hc->held = malloc((size_t)rc))) {
-                iop_stream_close(hc->s);
+                iop_stream_end(hc->s);
                 hc->done = 1;
                 break;
             }
@@ -302,7 +299,10 @@ static int keep(struct hconn *hc, const char *p, size_t n)
     return 0;
 }
 
-/* After feeding: keep the record (and the unused bytes) only if needed. */
+/* After feeding: keep the record (and the unused bytes) only if needed.
+ * Out of memory here (and wherever a connection's state cannot grow), the
+ * connection ends: what is queued is sent first, so no response that went
+ * out in part is cut short. */
 static void settle(struct hconn *hc, struct hconn *heap)
 {
     if (hc->done) {
@@ -321,7 +321,7 @@ static void settle(struct hconn *hc, struct hconn *heap)
     }
     if (!heap) {
         if (!(heap = malloc(sizeof *heap))) {
-            iop_stream_close(hc->s);
+            iop_stream_end(hc->s);
             return;
         }
         *heap = *hc;
@@ -342,7 +342,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t used = feed(&hc, buf, n);
         if (!hc.done && used < n && keep(&hc, buf + used, n - used) < 0) {
             free(hc.buf);
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         settle(&hc, NULL);
@@ -356,7 +356,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t cap = heap->len + n > 2 * heap->cap ? heap->len + n : 2 * heap->cap;
         char *b = realloc(heap->buf, cap);
         if (!b) {
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         heap->buf = b;
