@@ -1,5 +1,6 @@
-/* http.c - the HTTP/1.1 static file server: state, the open-file cache,
- * and the response to one request (both handler styles share it). */
+/* http.c - the HTTP/1.1 static file server: the server object and the
+ * response to one request (both handler styles share it); the workers and
+ * their open-file cache are http_cache.c's. */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -12,8 +13,6 @@
 #include <unistd.h>
 
 #include "proto/http_srv.h"
-
-#define CACHE_VALID_S 1 /* a cached path is reopened after this long */
 
 /* ---- the server object ---------------------------------------------------- */
 
@@ -50,6 +49,8 @@ int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
         return rc;
     }
     pthread_mutex_init(&h->lock, NULL);
+    for (size_t i = 0; i < HTTP_FC_STRIPES; i++)
+        pthread_mutex_init(&h->shared.locks[i], NULL);
     *out = h;
     return 0;
 }
@@ -73,223 +74,16 @@ void iop_http_free(iop_http *http)
         free(w);
         w = next;
     }
+    for (size_t i = 0; i < HTTP_FC_SLOTS; i++)
+        if (http->shared.slots[i])
+            http_entry_release(http->shared.slots[i]);
+    for (size_t i = 0; i < HTTP_FC_STRIPES; i++)
+        pthread_mutex_destroy(&http->shared.locks[i]);
     pthread_mutex_destroy(&http->lock);
     http_headers_fini(http);
     http_zcache_free(http);
     close(http->rootfd);
     free(http);
-}
-
-/* ---- workers --------------------------------------------------------------- */
-
-static _Thread_local struct http_worker *tl_worker;
-
-struct http_worker *http_worker_get(iop_http *http, iop_loop *loop)
-{
-    struct http_worker *w = tl_worker;
-    if (w && w->http == http && w->loop == loop)
-        return w;
-    pthread_mutex_lock(&http->lock);
-    for (w = http->workers; w; w = w->next)
-        if (w->loop == loop && loop)
-            break;
-    if (!w && (w = calloc(1, sizeof *w))) {
-        w->http = http;
-        w->loop = loop;
-        w->cache = 1;
-        w->flush.data = w;
-        w->tick.data = w;
-        w->next = http->workers;
-        http->workers = w;
-    }
-    pthread_mutex_unlock(&http->lock);
-    if (w)
-        tl_worker = w;
-    return w;
-}
-
-void http_worker_local(struct http_worker *w, iop_http *http)
-{
-    memset(w, 0, sizeof *w);
-    w->http = http;
-}
-
-static void entry_put(struct fentry *e)
-{
-    if (e->refs)
-        return;
-    if (e->map)
-        munmap((void *)(uintptr_t)e->map, (size_t)e->st.st_size);
-    http_siblings_drop(e);
-    close(e->fd);
-    free(e->path);
-    free(e);
-}
-
-void http_worker_fini(struct http_worker *w)
-{
-    http_log_flush(w);
-    free(w->log);
-    w->log = NULL;
-    free(w->peers);
-    w->peers = NULL;
-    w->npeers = 0;
-    for (size_t i = 0; i < HTTP_FC_SLOTS; i++) {
-        if (w->slots[i]) {
-            w->slots[i]->refs = 0;
-            entry_put(w->slots[i]);
-            w->slots[i] = NULL;
-        }
-    }
-    if (w->loop)
-        http_event_worker_fini(w);
-    if (tl_worker == w)
-        tl_worker = NULL;
-}
-
-/* ---- the open-file cache --------------------------------------------------- */
-
-static uint32_t hash(const char *s)
-{
-    uint32_t h = 2166136261u;
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 16777619u;
-    return h;
-}
-
-static void entry_fill(struct fentry *e)
-{
-    e->etag_len = http_etag(&e->st, e->etag);
-    http_date(e->st.st_mtime, e->lastmod);
-}
-
-static int same_file(const struct stat *a, const struct stat *b)
-{
-    return a->st_ino == b->st_ino && a->st_size == b->st_size && a->st_mode == b->st_mode &&
-           a->st_mtim.tv_sec == b->st_mtim.tv_sec && a->st_mtim.tv_nsec == b->st_mtim.tv_nsec;
-}
-
-static void tick_cb(iop_defer *d)
-{
-    struct http_worker *w = d->data;
-    w->epoch++;
-}
-
-/* A fresh entry for rel: opened beneath the root.  -errno. */
-static int entry_open(struct http_worker *w, const char *rel, struct fentry **out)
-{
-    /* O_NONBLOCK: opening a fifo for reading would wait for a writer. */
-    int fd = http_open_beneath(w->http->rootfd, rel, O_RDONLY | O_NONBLOCK);
-    if (fd < 0)
-        return fd;
-    struct fentry *e = calloc(1, sizeof *e);
-    if (!e || !(e->path = strdup(rel)) || fstat(fd, &e->st) < 0) {
-        int err = e && e->path ? -errno : -ENOMEM;
-        if (e)
-            free(e->path);
-        free(e);
-        close(fd);
-        return err;
-    }
-    e->fd = fd;
-    e->opened = time(NULL);
-    e->epoch = w->epoch;
-    if (w->loop)
-        (void)iop_defer_start(w->loop, &w->tick, tick_cb);
-    const char *slash = strrchr(rel, '/');
-    const char *name = slash ? slash + 1 : rel;
-    e->mime = http_mime_lookup(name, strlen(name));
-    if (!e->mime)
-        e->mime = w->http->cfg.default_type;
-    entry_fill(e);
-    if (S_ISREG(e->st.st_mode))
-        http_siblings_open(w, e);
-    *out = e;
-    return 0;
-}
-
-/* Is e still the file it was?  fstat once per loop iteration (always
- * without a loop): a file rewritten in place gets new validators. */
-static int entry_check(struct http_worker *w, struct fentry *e)
-{
-    if (w->loop && e->epoch == w->epoch)
-        return 1;
-    struct stat st;
-    if (fstat(e->fd, &st) < 0 || st.st_nlink == 0)
-        return 0;
-    if (!same_file(&st, &e->st)) {
-        if (e->map)
-            return 0; /* its size is the mapping's: reopen */
-        e->st = st;
-        entry_fill(e);
-    }
-    e->epoch = w->epoch;
-    if (w->loop)
-        (void)iop_defer_start(w->loop, &w->tick, tick_cb);
-    return 1;
-}
-
-/* The entry for rel, held (release with entry_release).  Cached entries
- * are checked with fstat on every use: a file written in place is seen at
- * once; a name that now points elsewhere (rename, delete) within
- * CACHE_VALID_S. */
-static int entry_get(struct http_worker *w, const char *rel, struct fentry **out)
-{
-    struct fentry **slot = NULL, *e = NULL;
-    if (w->cache) {
-        slot = &w->slots[hash(rel) % HTTP_FC_SLOTS];
-        e = *slot;
-        if (e && !strcmp(e->path, rel) && time(NULL) - e->opened < CACHE_VALID_S &&
-            entry_check(w, e)) {
-            e->refs++;
-            *out = e;
-            return 0;
-        }
-    }
-    int rc = entry_open(w, rel, &e);
-    if (rc < 0)
-        return rc;
-    e->refs = 1;
-    if (slot && S_ISREG(e->st.st_mode)) {
-        if (*slot) {
-            (*slot)->dead = 1;
-            entry_put(*slot);
-        }
-        *slot = e;
-    } else {
-        e->dead = 1;
-    }
-    *out = e;
-    return 0;
-}
-
-static void entry_release(struct fentry *e)
-{
-    if (--e->refs == 0 && e->dead)
-        entry_put(e);
-}
-
-void http_entry_hold(struct fentry *e)
-{
-    e->refs++;
-}
-
-void http_entry_release(void *e)
-{
-    entry_release(e);
-}
-
-const char *http_entry_map(struct fentry *e)
-{
-    if (e->map_tried)
-        return e->map;
-    e->map_tried = 1;
-    size_t n = (size_t)e->st.st_size;
-    if (!S_ISREG(e->st.st_mode) || n == 0 || n > HTTP_MAP_MAX)
-        return NULL;
-    void *p = mmap(NULL, n, PROT_READ, MAP_SHARED, e->fd, 0);
-    e->map = p == MAP_FAILED ? NULL : p;
-    return e->map;
 }
 
 /* ---- building a response --------------------------------------------------- */
@@ -524,7 +318,7 @@ static const struct fentry *zview(const struct fentry *e, const struct http_zcop
 
 static void rep_release(struct fentry *e, struct http_zcopy *z)
 {
-    entry_release(e);
+    http_entry_release(e);
     if (z)
         http_zcopy_release(z);
 }
@@ -596,7 +390,7 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
     }
     r->log_bytes = n;
     if (z) { /* from memory: the copy is held until sent */
-        entry_release(e);
+        http_entry_release(e);
         r->z = z;
         r->body = z->data + first;
         r->body_len = (size_t)n;
@@ -654,7 +448,7 @@ static void listing(struct http_worker *w, struct http_resp *r, const struct htt
 {
     int rc;
     http_listing(w, r, req, rel, query, dir->fd, &rc);
-    entry_release(dir);
+    http_entry_release(dir);
     if (rc < 0)
         error_page(w, r, req, status_of(rc));
 }
@@ -665,21 +459,21 @@ static void directory(struct http_worker *w, struct http_resp *r, const struct h
     char index[HTTP_PATH_BYTES + 16];
     snprintf(index, sizeof index, "%s%sindex.html", rel, *rel ? "/" : "");
     struct fentry *e;
-    int rc = entry_get(w, index, &e);
+    int rc = http_entry_get(w, index, &e);
     if (rc == 0 && S_ISREG(e->st.st_mode)) {
-        entry_release(dir);
+        http_entry_release(dir);
         serve_file(w, r, req, e);
         return;
     }
     if (rc == 0)
-        entry_release(e);
+        http_entry_release(e);
     else if (rc != -ENOENT) {
-        entry_release(dir);
+        http_entry_release(dir);
         error_page(w, r, req, status_of(rc));
         return;
     }
     if (w->http->cfg.no_listing) {
-        entry_release(dir);
+        http_entry_release(dir);
         error_page(w, r, req, 403);
         return;
     }
@@ -700,24 +494,24 @@ static void serve_target(struct http_worker *w, struct http_resp *r, const struc
         return;
     }
     struct fentry *e;
-    if ((rc = entry_get(w, rel, &e)) < 0) {
+    if ((rc = http_entry_get(w, rel, &e)) < 0) {
         error_page(w, r, req, status_of(rc));
         return;
     }
     if (S_ISDIR(e->st.st_mode)) {
         if (!dir_form) {
-            entry_release(e);
+            http_entry_release(e);
             redirect(w, r, req, rel, query);
         } else {
             directory(w, r, req, rel, query, e);
         }
     } else if (S_ISREG(e->st.st_mode) && dir_form && *rel) {
-        entry_release(e); /* "/file/": a file is not a directory */
+        http_entry_release(e); /* "/file/": a file is not a directory */
         error_page(w, r, req, 404);
     } else if (S_ISREG(e->st.st_mode)) {
         serve_file(w, r, req, e);
     } else {
-        entry_release(e); /* a device, a fifo, a socket: never opened for reading */
+        http_entry_release(e); /* a device, a fifo, a socket: never opened for reading */
         error_page(w, r, req, 403);
     }
 }
@@ -731,8 +525,9 @@ static int keep_alive(const struct http_req *req)
     return req->minor >= 1 || req->conn_keep;
 }
 
-void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
-                  struct http_resp *r)
+/* An empty response with room for the configured headers: 0, or -ENOMEM
+ * with the small head and none of them (the bare error fits). */
+static int resp_init(struct http_worker *w, struct http_resp *r)
 {
     memset(r, 0, offsetof(struct http_resp, small));
     r->head = r->small;
@@ -741,8 +536,16 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
     r->extra = w->http->extra;
     r->extra_len = w->http->extra_len;
     r->head_extra = w->http->extra_len + w->http->file_extra_len;
-    if (http_head_reserve(r, sizeof r->small) < 0) {
-        r->extra_len = r->head_extra = 0; /* the bare error fits the small head */
+    if (http_head_reserve(r, sizeof r->small) == 0)
+        return 0;
+    r->extra_len = r->head_extra = 0;
+    return -ENOMEM;
+}
+
+void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
+                  struct http_resp *r)
+{
+    if (resp_init(w, r) < 0) {
         r->close = 1;
         error_page(w, r, NULL, 503);
         return;
@@ -767,11 +570,19 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
     }
 }
 
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r)
+{
+    (void)resp_init(w, r);
+    r->close = 1;
+    error_page(w, r, req, 503);
+}
+
 void http_resp_done(struct http_worker *w, struct http_resp *r)
 {
     (void)w;
     if (r->ent)
-        entry_release(r->ent);
+        http_entry_release(r->ent);
     r->ent = NULL;
     if (r->z)
         http_zcopy_release(r->z);

@@ -76,9 +76,7 @@ static struct fentry *sibling_open(struct http_worker *w, const struct fentry *e
     s->epoch = e->epoch;
     s->mime = e->mime;
     s->coding = c;
-    /* Held by its parent only; freed at the last release. */
-    s->refs = 1;
-    s->dead = 1;
+    atomic_init(&s->refs, 1); /* its parent's: freed at the last release */
     sibling_fill(s);
     return s;
 }

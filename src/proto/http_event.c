@@ -139,13 +139,15 @@ static const char *peer_of(struct http_worker *w, iop_stream *s)
 
 /* A multipart body: per part its text (after the head, for the first)
  * and its slice, lent from memory (a compressed copy, a mapped file) or
- * sent from the file; then the closing boundary.  As iop_stream_write. */
+ * sent from the file; then the closing boundary.  As queue_resp, but a
+ * part refused after the first was queued is -ECONNABORTED: the response
+ * is cut, the connection must end. */
 static int send_parts(iop_stream *s, const struct http_resp *r)
 {
     const char *map = r->ent ? http_entry_map(r->ent) : NULL;
     const char *mem = r->z ? r->z->data : map;
     int rc = 0;
-    for (int i = 0; i < r->nparts && rc >= 0; i++) {
+    for (int i = 0; i < r->nparts; i++) {
         const struct http_part *p = &r->parts[i];
         struct iovec iov[2] = {{r->head, r->head_len}, {r->body_alloc + p->text_off, p->text_len}};
         struct iovec *v = i ? iov + 1 : iov;
@@ -161,9 +163,31 @@ static int send_parts(iop_stream *s, const struct http_resp *r)
         } else {
             k = iop_stream_sendfilev(s, v, cnt, r->fd, (off_t)p->off, p->len, IOP_SENDFILE_DUP);
         }
-        rc = k < 0 ? k : k > rc ? k : rc;
+        if (k < 0)
+            return i ? -ECONNABORTED : k;
+        rc = k > rc ? k : rc;
     }
     return rc;
+}
+
+/* Queue r: 0, 1 (the queue is full) or -errno, having sent nothing. */
+static int queue_resp(iop_stream *s, struct http_resp *r)
+{
+    struct iovec iov[2] = {{r->head, r->head_len}, {(void *)(uintptr_t)r->body, r->body_len}};
+    if (r->nparts)
+        return send_parts(s, r);
+    const char *map = r->ent ? http_entry_map(r->ent) : NULL;
+    if (map) {
+        http_entry_hold(r->ent);
+        return iop_stream_writev_ref(s, iov, 1, map + r->off, r->len, http_entry_release, r->ent);
+    }
+    if (r->z && r->body_len) { /* a compressed copy: lent, as a mapping is */
+        http_zcopy_hold(r->z);
+        return iop_stream_writev_ref(s, iov, 1, r->body, r->body_len, http_zcopy_release, r->z);
+    }
+    if (r->fd >= 0)
+        return iop_stream_sendfilev(s, iov, 1, r->fd, r->off, r->len, IOP_SENDFILE_DUP);
+    return iop_stream_writev(s, iov, r->body_len ? 2 : 1);
 }
 
 /* Send the response to one head.  0: go on; 1: the queue is full, pause;
@@ -173,29 +197,19 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     struct http_worker *w = hc->w;
     struct http_resp r;
     http_respond(w, req, err, hc->stopping, &r);
-    struct iovec iov[2] = {{r.head, r.head_len}, {(void *)(uintptr_t)r.body, r.body_len}};
-    int rc;
-    const char *map = r.ent && !r.nparts ? http_entry_map(r.ent) : NULL;
-    if (r.nparts) {
-        rc = send_parts(hc->s, &r);
-    } else if (map) {
-        http_entry_hold(r.ent);
-        rc = iop_stream_writev_ref(hc->s, iov, 1, map + r.off, r.len, http_entry_release, r.ent);
-    } else if (r.z && r.body_len) { /* a compressed copy: lent, as a mapping is */
-        http_zcopy_hold(r.z);
-        rc = iop_stream_writev_ref(hc->s, iov, 1, r.body, r.body_len, http_zcopy_release, r.z);
-    } else if (r.fd >= 0)
-        rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
-    else
-        rc = iop_stream_writev(hc->s, iov, r.body_len ? 2 : 1);
+    int rc = queue_resp(hc->s, &r);
+    if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM) {
+        /* The stream had no room to keep the response (a descriptor for
+         * its file, memory for its bytes) and sent none of it: say so. */
+        http_resp_done(w, &r);
+        http_respond_unavailable(w, req, &r);
+        rc = queue_resp(hc->s, &r);
+    }
     http_log(w, peer_of(w, hc->s), req, err, &r);
     int close = r.close;
     http_resp_done(w, &r);
-    if (rc < 0) {
-        iop_stream_close(hc->s);
-        return -1;
-    }
-    if (close) {
+    /* Not even the 503 went: the responses queued before it still do. */
+    if (rc < 0 || close) {
         iop_stream_end(hc->s);
         return -1;
     }
@@ -275,7 +289,7 @@ static size_t feed(struct hconn *hc, const char *p, size_t n)
             /* Its size is known only at its end: answer then (413 if over
              * the limit), so hold on to the head. */
             if (!(hc->held = malloc((size_t)rc))) {
-                iop_stream_close(hc->s);
+                iop_stream_end(hc->s);
                 hc->done = 1;
                 break;
             }
@@ -324,7 +338,10 @@ static int keep(struct hconn *hc, const char *p, size_t n)
     return 0;
 }
 
-/* After feeding: keep the record (and the unused bytes) only if needed. */
+/* After feeding: keep the record (and the unused bytes) only if needed.
+ * Out of memory here (and wherever a connection's state cannot grow), the
+ * connection ends: what is queued is sent first, so no response that went
+ * out in part is cut short. */
 static void settle(struct hconn *hc, struct hconn *heap)
 {
     if (hc->done) {
@@ -343,7 +360,7 @@ static void settle(struct hconn *hc, struct hconn *heap)
     }
     if (!heap) {
         if (!(heap = malloc(sizeof *heap))) {
-            iop_stream_close(hc->s);
+            iop_stream_end(hc->s);
             return;
         }
         *heap = *hc;
@@ -364,7 +381,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t used = feed(&hc, buf, n);
         if (!hc.done && used < n && keep(&hc, buf + used, n - used) < 0) {
             free(hc.buf);
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         settle(&hc, NULL);
@@ -378,7 +395,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t cap = heap->len + n > 2 * heap->cap ? heap->len + n : 2 * heap->cap;
         char *b = realloc(heap->buf, cap);
         if (!b) {
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         heap->buf = b;

@@ -24,6 +24,18 @@
 #define HTTP_FC_SLOTS   256   /* open-file cache entries per worker */
 #define HTTP_MAP_MAX    16384 /* event model: a file this small goes in the head's writev */
 
+#define HTTP_FC_STRIPES 16 /* locks of the shared cache */
+
+/* The open-file cache that the blocking models' connections share (one
+ * per process): an idle connection holds no file, and the files held are
+ * bounded by the slots, not by the connections.  Slot i is guarded by
+ * locks[i % HTTP_FC_STRIPES], held only to look at or replace the slot:
+ * opening and fstat happen outside. */
+struct http_fcache {
+    pthread_mutex_t locks[HTTP_FC_STRIPES];
+    struct fentry *slots[HTTP_FC_SLOTS];
+};
+
 struct iop_http {
     int rootfd;
     struct iop_http_config cfg; /* defaults applied */
@@ -34,16 +46,18 @@ struct iop_http {
     struct http_zcache *zcache; /* compressed copies (cfg.compress), or NULL */
     pthread_mutex_t lock;       /* guards workers */
     struct http_worker *workers;
+    struct http_fcache shared;
 };
 
-/* A cached open file.  refs counts responses still sending from fd (the
- * blocking style under coro); an entry replaced while held is closed by
- * its last release. */
+/* A cached open file.  refs counts its holders: the cache slot that keeps
+ * it, and each response still sending from it; the last one closes it.
+ * Atomic, since the blocking models' cache is shared by threads; what
+ * else an entry holds is fixed once it is in a shared cache (a changed
+ * file gets a new entry there). */
 struct fentry {
     char *path;
     int fd;
-    unsigned refs;
-    int dead;
+    atomic_uint refs;
     time_t opened;
     uint64_t epoch; /* the worker's epoch when last checked */
     struct stat st;
@@ -86,8 +100,9 @@ struct http_peer {
 struct http_worker {
     iop_http *http;
     iop_loop *loop; /* event workers: the reactor; else NULL */
-    int cache;      /* the file cache is on */
+    int cache;      /* the file cache is on: slots, or shared when set */
     struct fentry *slots[HTTP_FC_SLOTS];
+    struct http_fcache *shared;
     time_t date_t, clf_t;
     char date[HTTP_DATE_LEN + 1];
     char clf[64];
@@ -150,6 +165,10 @@ struct http_resp {
  * fail with EFAULT (the connection closes), never SIGBUS.  A mapped entry
  * whose file changes is reopened rather than updated in place. */
 const char *http_entry_map(struct fentry *e);
+/* http_cache.c: the entry for rel, held (release with http_entry_release):
+ * from the worker's cache when it is still the file (fstat), else opened
+ * beneath the root.  0 or -errno. */
+int http_entry_get(struct http_worker *w, const char *rel, struct fentry **out);
 /* Hold / release an entry beyond its response (a body lent to a stream). */
 void http_entry_hold(struct fentry *e);
 void http_entry_release(void *e);
@@ -157,7 +176,7 @@ void http_entry_release(void *e);
 /* The worker of the calling thread for (http, loop), made on first use. */
 struct http_worker *http_worker_get(iop_http *http, iop_loop *loop);
 /* A worker on the caller's stack (blocking models), without a cache until
- * the caller sets cache: entries then live until http_worker_fini. */
+ * the caller sets cache (and shared, for the process's one). */
 void http_worker_local(struct http_worker *w, iop_http *http);
 void http_worker_fini(struct http_worker *w);
 
@@ -166,6 +185,11 @@ void http_worker_fini(struct http_worker *w);
  * stopping, so the connection closes after this response. */
 void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
                   struct http_resp *r);
+/* A 503 for req (NULL: a refused head), closing the connection: the
+ * response built for it could not be sent for want of descriptors or
+ * memory. */
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r);
 /* Room for a head of need bytes plus the configured headers: 0, or
  * -ENOMEM.  Only before anything was put. */
 int http_head_reserve(struct http_resp *r, size_t need);
