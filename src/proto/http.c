@@ -132,6 +132,8 @@ static const char *reason(int status)
 
 static void put(struct http_resp *r, const char *s, size_t n)
 {
+    if (n == 0)
+        return; /* s may be NULL: no configured headers */
     if (r->head_len + n > r->head_cap)
         n = r->head_cap - r->head_len; /* cannot happen: heads are sized */
     memcpy(r->head + r->head_len, s, n);
