@@ -13,7 +13,8 @@
  * tenth; otherwise an empty copy remembers not to try again for that
  * version.  The bytes kept are bounded by a budget: inserting evicts the
  * least recently used copies, and a copy larger than the whole budget is
- * not kept. */
+ * sent once and replaced by an empty one (identity from then on).  Copies
+ * evicted while responses send them live until those release them. */
 #include <brotli/encode.h>
 #include <errno.h>
 #include <stdio.h>
@@ -180,8 +181,21 @@ static struct http_zcopy *insert(struct http_zcache *z, struct http_zcopy *c)
         http_zcopy_release(c);
         return had;
     }
-    if (cost(c) > z->budget)
-        return c; /* served this once, never kept */
+    if (cost(c) > z->budget) {
+        /* Served this once; an empty copy in its place says "do not
+         * compress again" (else every request would). */
+        struct http_zcopy *m = calloc(1, sizeof *m);
+        if (m && (m->path = strdup(c->path))) {
+            atomic_init(&m->refs, 1);
+            m->coding = c->coding;
+            m->hash = c->hash;
+            memcpy(m->src_etag, c->src_etag, sizeof m->src_etag);
+            http_zcopy_release(insert(z, m));
+        } else {
+            free(m);
+        }
+        return c;
+    }
     while (z->lru && z->bytes + cost(c) > z->budget)
         remove_copy(z, z->lru);
     c->hnext = z->buckets[c->hash % ZBUCKETS];

@@ -614,15 +614,27 @@ def t_compress_changes():
 
 def t_compress_memory():
     """A budget smaller than the copies: every response is still right,
-    from many clients at once (copies evicted while others send them)."""
+    from many clients at once (copies evicted while others send them); a
+    copy larger than the whole budget is not made again and again: after
+    the first, identity."""
     with Server(*E, "--compress", "--compress-memory", "12k", "--workers", "2") as srv:
         def client(i):
             with Conn(srv.addr) as c:
                 for k in range(30):
                     path = ("/z/text.txt", "/z/app.js", "/z/data.json", "/z/pic.svg")[(i + k) % 4]
                     r = enc_get(c, path, "gzip", f"client {i}")
-                    check(gzip.decompress(r.body) == DATA[path], f"client {i}: {path}")
+                    body = gzip.decompress(r.body) if r.get("Content-Encoding") else r.body
+                    check(body == DATA[path], f"client {i}: {path}")
         th.parallel([lambda i=i: client(i) for i in range(8)], "tiny budget")
+    with Server(*E, "--compress", "--compress-memory", "4k") as srv, Conn(srv.addr) as c:
+        big = DATA["/z/text.txt"]
+        r = enc_get(c, "/z/text.txt", "gzip", "over budget")
+        check(gzip.decompress(r.body) == big, f"over budget, first: {r!r}")
+        r = enc_get(c, "/z/text.txt", "gzip", "over budget")
+        check(r.body == big and r.get("Content-Encoding") is None, f"then identity: {r!r}")
+        r = enc_get(c, "/z/pic.svg", "gzip", "fits")
+        check(gzip.decompress(r.body) == DATA["/z/pic.svg"] and len(r.body) < 4096,
+              f"a small copy still fits: {r!r}")
 
 
 # ---- several ranges --------------------------------------------------------------------
