@@ -17,12 +17,9 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 
 #include "stream/stream_int.h"
-
-#define IOV_BATCH 64
 
 struct usend {
     iop_op op;
@@ -154,16 +151,19 @@ static int arm_recv(iop_stream *s)
     return 0;
 }
 
-int iop__comp_read_start(iop_stream *s)
+static int comp_read_start(iop_stream *s)
 {
-    if (xt(s)->stash || (s->flags & SF_EOF_OWED)) {
-        iop__stream_pend(s); /* stashed bytes first, then the kernel's */
+    /* Stashed bytes first, then the kernel's; after the EOF nothing more
+     * comes, but bytes or the EOF itself may be owed from while reading
+     * was stopped. */
+    if (xt(s)->stash || (s->flags & (SF_EOF_OWED | SF_EOF))) {
+        iop__stream_pend(s);
         return 0;
     }
     return arm_recv(s);
 }
 
-void iop__comp_read_stop(iop_stream *s)
+static void comp_read_stop(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
@@ -212,14 +212,9 @@ static void send_cb(iop_op *op, int res, unsigned flags)
 
 static void start_send(iop_stream *s)
 {
-    int n = 0;
-    struct wchunk *after = s->whead;
-    for (; after && !after->is_file && n < IOV_BATCH; after = after->next)
-        n++;
-    /* Bytes before a file (a response head) wait in the socket for the
-     * file's first bytes: one segment, and no Nagle stall behind a lone
-     * small one. */
-    int more = after && after->is_file ? MSG_MORE : 0;
+    struct iovec iov[IOP__IOV_BATCH];
+    size_t total;
+    int file_next, n = iop__wire_gather(s, iov, IOP__IOV_BATCH, &total, &file_next);
     struct comp_extra *x = xget(s);
     struct usend *u = x ? malloc(sizeof *u + (size_t)n * sizeof(struct iovec)) : NULL;
     if (!u) {
@@ -228,9 +223,11 @@ static void start_send(iop_stream *s)
     }
     memset(u, 0, sizeof *u);
     u->s = s;
-    int i = 0;
-    for (struct wchunk *k = s->whead; i < n; k = k->next)
-        u->iov[i++] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
+    memcpy(u->iov, iov, (size_t)n * sizeof *iov);
+    /* Bytes before a file (a response head) wait in the socket for the
+     * file's first bytes: one segment, and no Nagle stall behind a lone
+     * small one. */
+    int more = file_next ? MSG_MORE : 0;
     int rc;
     if (n == 1) {
         /* One buffer: a plain send spares the kernel the msghdr and iovec
@@ -282,63 +279,12 @@ static int wait_room(iop_stream *s)
     return iop_op_poll(s->ctx->loop, &x->wait, iop__sfd(s), POLLOUT, wait_cb);
 }
 
-/* A file within the next round: the bytes before it go at once too, with
- * MSG_MORE, so that a response head shares a segment with the file. */
-static int file_ahead(const iop_stream *s)
-{
-    int n = 0;
-    const struct wchunk *k = s->whead;
-    for (; k && !k->is_file && n < IOV_BATCH; k = k->next)
-        n++;
-    return k && k->is_file;
-}
-
-/* The bytes before the file: 1 when all went, 0 when the socket is full,
- * -errno. */
-static int head_now(iop_stream *s)
-{
-    struct iovec iov[IOV_BATCH];
-    int n = 0;
-    size_t total = 0, sent;
-    for (struct wchunk *k = s->whead; !k->is_file; k = k->next) {
-        iov[n] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
-        total += iov[n++].iov_len;
-    }
-    int rc = iop__try_write(s, iov, n, 1, &sent);
-    if (rc < 0)
-        return rc;
-    iop__stream_consumed(s, sent);
-    return sent == total;
-}
-
-/* The file at the head: as much as the socket takes.  1 when all went, 0
- * when the socket is full (a short count says so: no second call to hear
- * EAGAIN), -EIO when the file is shorter than promised, -errno. */
-static int file_now(iop_stream *s)
-{
-    struct wchunk *c = s->whead;
-    off_t off = c->file_off;
-    size_t n = c->file_len < (1u << 30) ? c->file_len : (1u << 30);
-    ssize_t r;
-    do
-        r = sendfile(iop__sfd(s), c->file_fd, &off, n);
-    while (r < 0 && errno == EINTR);
-    if (r < 0)
-        return errno == EAGAIN ? 0 : -errno;
-    if (r == 0)
-        return -EIO;
-    iop__stream_consumed(s, (size_t)r);
-    return (size_t)r == n;
-}
-
 /* Files and the bytes before them, at once, until the socket is full; then
  * wait for room.  What follows the last file goes as a send request. */
 static void tx_now(iop_stream *s)
 {
-    int rc = 1;
     size_t before = s->queued;
-    while (rc > 0 && s->whead && file_ahead(s))
-        rc = s->whead->is_file ? file_now(s) : head_now(s);
+    int rc = iop__wire_flush(s, 1, 1);
     if (rc == 0)
         rc = wait_room(s);
     if (rc < 0) {
@@ -358,13 +304,13 @@ static void start_tx(iop_stream *s)
         return;
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
-    if (file_ahead(s))
+    if (iop__wire_file_ahead(s))
         tx_now(s);
     else
         start_send(s);
 }
 
-void iop__comp_pending(iop_stream *s)
+static void comp_pending(iop_stream *s)
 {
     deliver_stash(s);
     if (s->flags & (SF_CLOSING | SF_FAILED))
@@ -386,11 +332,6 @@ static int busy(const iop_stream *s)
     return (s->flags & SF_RECV_ARMED) || xt(s)->send || xt(s)->wait.inflight;
 }
 
-int iop__comp_busy(const iop_stream *s)
-{
-    return busy(s);
-}
-
 static void maybe_done(iop_stream *s)
 {
     if (busy(s) || (s->flags & SF_DONE))
@@ -406,7 +347,7 @@ static void maybe_done(iop_stream *s)
     iop__stream_done(s);
 }
 
-void iop__comp_close(iop_stream *s)
+static void comp_close(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
@@ -416,3 +357,36 @@ void iop__comp_close(iop_stream *s)
         (void)iop_op_cancel(&s->u.c.x->wait);
     maybe_done(s);
 }
+
+static int comp_open(iop_stream *s, int fd)
+{
+    s->u.c.fd = fd;
+    return 0;
+}
+
+/* The room wait is a one-shot poll request: the kernel checks readiness as
+ * it is armed, so a short count can always be taken for "full". */
+static int comp_short_full(const iop_loop *loop)
+{
+    (void)loop;
+    return 1;
+}
+
+static void comp_kick(iop_stream *s)
+{
+    iop__stream_pend(s); /* one send for all writes of this iteration */
+}
+
+const struct iop__stream_engine iop__stream_complete = {
+    .name = "complete",
+    .stream_size = sizeof(iop_stream),
+    .read_size = 16384,
+    .write_now = 0,
+    .short_full = comp_short_full,
+    .open = comp_open,
+    .read_start = comp_read_start,
+    .read_stop = comp_read_stop,
+    .kick = comp_kick,
+    .pending = comp_pending,
+    .close = comp_close,
+};
