@@ -172,9 +172,11 @@ extern const struct iop__stream_engine iop__stream_complete; /* complete.c */
  *             while the user has stopped reading, writes queue behind it.
  *   shutdown  iop_stream_shutdown / end send close_notify before the FIN.
  *
- * So a transport is a per-stream pointer next to the engine's state with
- * input, output, pending (bytes it owes) and shutdown; the engines stay as
- * they are and call it where they now call deliver and the wire. */
+ * So a transport is a table per context, chosen once like the engine
+ * (input, output, pending for the bytes it owes, shutdown), with its
+ * per-stream state behind a pointer that only streams under a transport
+ * carry, so a plain stream keeps its size; the engines stay as they are
+ * and call it where they now call deliver and the wire. */
 
 /* stream.c */
 void iop__stream_pend(iop_stream *s);
@@ -192,7 +194,7 @@ void iop__chunk_free(iop_stream_ctx *ctx, struct wchunk *c);
  * full (no error), -errno.  "short": a short count is taken for "full"
  * without a second call to hear EAGAIN, which the kernel's write-space
  * wakeup makes safe for level interest and poll requests; an edge watcher
- * must hear EAGAIN itself, so it passes short = 0. */
+ * must hear EAGAIN itself, so it passes short_full = 0. */
 #define IOP__IOV_BATCH 64 /* iovecs per send */
 
 /* One send/sendmsg of iov (at most IOP__IOV_BATCH), MSG_MORE when more:
