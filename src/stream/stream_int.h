@@ -97,6 +97,7 @@ struct iop_stream_ctx {
     iop_timer idle_timer;
     struct wchunk *spare; /* freed CHUNK_MIN chunks kept for reuse */
     unsigned nspare;
+    int spare_fd;         /* kept for a file that must outlive its call */
     iop_stream **pending; /* streams with deferred work */
     size_t npending, cappending;
     iop_defer defer;
@@ -132,6 +133,11 @@ struct iop__stream_engine {
     void (*read_stop)(iop_stream *s);
     /* The queue grew: have it sent. */
     void (*kick)(iop_stream *s);
+    /* NULL or: the state a queued write needs, allocated before the call
+     * sends or queues anything (0 or -ENOMEM), so that no round of the
+     * queue allocates; trim frees it again when nothing was queued. */
+    int (*reserve)(iop_stream *s);
+    void (*trim)(iop_stream *s);
     /* Deferred work on an open, unfailed stream (the context's defer). */
     void (*pending)(iop_stream *s);
     /* SF_CLOSING was just set: stop IO, then iop__stream_done() once
