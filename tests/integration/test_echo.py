@@ -339,6 +339,24 @@ def t_ipv6():
         check_raw(srv, srv.addrs[0], "ipv6")
 
 
+def all_interfaces(*extra):
+    """`-l :0` is every interface, IPv6 and IPv4: one [::] socket (printed
+    `listening [::]:PORT`) served over ::1 and 127.0.0.1, for TCP and UDP
+    alike and by every SO_REUSEPORT sibling; 0.0.0.0 where IPv6 is absent."""
+    what = f"-l :0 {' '.join(extra)}"
+    with Server(*E, *extra, listen=(":0", "udp::0")) as srv:
+        any_host = r"\[::\]" if IPV6 else r"0\.0\.0\.0"
+        for addr, prefix in zip(srv.addrs, ("", "udp:")):
+            check(re.fullmatch(prefix + any_host + r":[1-9]\d*", addr), f"{what}: {srv.addrs}")
+        tcp, udp = (a.rsplit(":", 1)[1] for a in srv.addrs)
+        for host in ("127.0.0.1", "[::1]") if IPV6 else ("127.0.0.1",):
+            concurrent_clients(f"{host}:{tcp}", 8, f"{what} over {host}")  # every worker's socket
+            check_raw(srv, f"{host}:{tcp}", f"{what} over {host}", size=1 << 16)
+            check(udp_ask(f"udp:{host}:{udp}", b"ping") == b"ping", f"{what}: udp over {host}")
+    if not IPV6:
+        raise Skip("no IPv6 here: checked the 0.0.0.0 fallback only")
+
+
 def t_two_listeners():
     second = "[::1]:0" if IPV6 else f"unix:{tmp_path('two.sock')}"
     with Server(*E, "--lines", listen=("127.0.0.1:0", second)) as srv:
@@ -658,6 +676,8 @@ def cases():
     for m in ("event", "thread", "iterative", "fork", "coro"):
         out.append((f"idle-timeout {m}", lambda m=m: idle_timeout(m)))
     out.append(("idle-timeout uring-edge/event", lambda: idle_timeout("event", "uring-edge")))
+    for extra in ((), ("--workers", "2"), ("--processes", "2"), ("--model", "thread")):
+        out.append((f"all interfaces {' '.join(extra)}".rstrip(), lambda e=extra: all_interfaces(*e)))
     out.append(("processes", lambda: processes()))
     out.append(("processes workers", lambda: processes("--workers", "2")))
     out.append(("processes thread", lambda: processes("--model", "thread")))

@@ -1538,6 +1538,19 @@ def t_unix():
     check(not os.path.exists(path), "unix socket file left behind after the stop")
 
 
+def t_all_interfaces():
+    """`-l :0` answers over ::1 and 127.0.0.1 alike: `listening [::]:PORT`,
+    one dual-stack socket (0.0.0.0 where IPv6 is absent)."""
+    with Server(*E, listen=(":0",)) as srv:
+        want = r"\[::\]:[1-9]\d*" if IPV6 else r"0\.0\.0\.0:[1-9]\d*"
+        check(re.fullmatch(want, srv.addr), f"-l :0 listening {srv.addr}")
+        port = srv.addr.rsplit(":", 1)[1]
+        for host in ("127.0.0.1", "[::1]") if IPV6 else ("127.0.0.1",):
+            expect_file(get(f"{host}:{port}", "/4k", host=host), "/4k", f"-l :0 over {host}")
+    if not IPV6:
+        raise Skip("no IPv6 here: checked the 0.0.0.0 fallback only")
+
+
 def t_ipv6():
     if not IPV6:
         raise Skip("no IPv6 loopback")
