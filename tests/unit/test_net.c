@@ -398,6 +398,19 @@ static int connect_accept(int fd, const iop_addr *bound, int family)
     return peer.ss_family;
 }
 
+/* A datagram "ping" from a new socket of to's family to to: fd gets it. */
+static void udp_ping(int fd, const iop_addr *to)
+{
+    int c = socket(to->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK_EQ(sendto(c, "ping", 4, 0, &to->u.sa, to->len), 4);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 2000), 1);
+    char buf[8];
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 4);
+    CHECK(memcmp(buf, "ping", 4) == 0);
+    close(c);
+}
+
 /* :PORT is every interface of both families: one [::] socket, not
  * v6-only, that IPv4 clients reach too; its SO_REUSEPORT siblings, bound to
  * what iop_local_addr reads back, are the same. */
@@ -450,13 +463,7 @@ IOP_TEST(listen_all_interfaces_is_dual_stack, be)
         snprintf(want, sizeof want, family == AF_INET6 ? "[::1]:%u" : "127.0.0.1:%u",
                  port_of(&bound));
         CHECK_OK(iop_addr_parse_numeric(want, &a));
-        int c = socket(family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-        CHECK_EQ(sendto(c, "ping", 4, 0, &a.u.sa, a.len), 4);
-        struct pollfd p = {.fd = fd, .events = POLLIN};
-        CHECK_EQ(poll(&p, 1, 2000), 1);
-        char buf[8];
-        CHECK_EQ(recv(fd, buf, sizeof buf, 0), 4);
-        close(c);
+        udp_ping(fd, &a);
     }
     close(fd);
 }
@@ -539,14 +546,7 @@ IOP_TEST(listen_udp, be)
     check_format(&bound, want);
     CHECK_EQ(sockopt(fd, SOL_SOCKET, SO_TYPE), SOCK_DGRAM);
     CHECK_EQ(sockopt(fd, SOL_SOCKET, SO_REUSEADDR), 0);
-    int c = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    CHECK_EQ(sendto(c, "ping", 4, 0, &bound.u.sa, bound.len), 4);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    CHECK_EQ(poll(&p, 1, 2000), 1);
-    char buf[8];
-    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 4);
-    CHECK(memcmp(buf, "ping", 4) == 0);
-    close(c);
+    udp_ping(fd, &bound);
     close(fd);
 }
 
