@@ -16,6 +16,12 @@
  * upper (ASCII letters of the payload) and prefix (lines and frames only)
  * shape the replies; greeting is sent once on connect (raw bytes, or one
  * frame when framed); a udp: listener answers each datagram with one.
+ * A graceful stop finishes what is in flight: every byte received before
+ * it is echoed (within the grace), then the server closes its side (FIN)
+ * and, in the event model, reads and discards what still comes until the
+ * FIN is acknowledged or the peer closes, so that no reset destroys the
+ * last replies.  A message left half-read when the input pauses gets no
+ * reply.
  */
 #ifndef IOPLEX_PROTO_H
 #define IOPLEX_PROTO_H
