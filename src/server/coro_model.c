@@ -268,8 +268,9 @@ static void co_drop_conns(struct iop__reactor *r)
     }
 }
 
-static const struct iop__reactor_ops co_reactor_ops = {
+const struct iop__reactor_ops iop__coro_ops = {
     .worker_size = sizeof(struct cw),
+    .conns_on_loop = 1,
     .open = co_open,
     .start = co_start,
     .count = co_count,
@@ -278,8 +279,3 @@ static const struct iop__reactor_ops co_reactor_ops = {
     .after_run = co_drop_conns,
     .fini = co_drop_conns,
 };
-
-int iop__coro_run(iop_server *srv)
-{
-    return iop__reactor_run(srv, &co_reactor_ops);
-}

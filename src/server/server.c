@@ -1,6 +1,6 @@
 /* server.c - the server object: listeners, worker processes, shutdown, and
- * the datagram listeners every model serves.  The models themselves are in
- * event.c and coro_model.c (on reactor.c's workers) and blocking.c. */
+ * the datagram listeners every model serves.  The models are ops tables
+ * (event.c, coro_model.c, blocking.c) for reactor.c's workers. */
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -12,7 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "server/server_int.h"
+#include "server/reactor_int.h"
 
 #define MAX_SOCKETS 1024 /* processes x workers per listener */
 
@@ -320,11 +320,12 @@ void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*f
 
 static int run_model(iop_server *srv)
 {
-    if (srv->cfg.model == IOP_MODEL_EVENT)
-        return iop__event_run(srv);
-    if (srv->cfg.model == IOP_MODEL_CORO)
-        return iop__coro_run(srv);
-    return iop__blocking_run(srv);
+    static const struct iop__reactor_ops *const models[] = {
+        [IOP_MODEL_EVENT] = &iop__event_ops,   [IOP_MODEL_ITERATIVE] = &iop__iterative_ops,
+        [IOP_MODEL_THREAD] = &iop__thread_ops, [IOP_MODEL_FORK] = &iop__fork_ops,
+        [IOP_MODEL_CORO] = &iop__coro_ops,
+    };
+    return iop__reactor_run(srv, models[srv->cfg.model]);
 }
 
 static void sleep_ms(long ms)
