@@ -2,7 +2,8 @@
  * thread, fork and coro models (src/server/blocking.c, coro_model.c,
  * conn.c).
  *
- * Each test loops over the four models.  The server runs on a thread of
+ * Each test loops over the four models (the last one, over all five: the
+ * core they share).  The server runs on a thread of
  * the test (server_helpers.h); the backend of the variant only drives its
  * accept loop.  Handlers answer through the socket, so that the checks
  * hold for fork children too. */
@@ -672,5 +673,74 @@ IOP_TEST(datagrams_beside_streams, be)
         close(fd);
         close(u);
         fixture_stop(&f);
+    }
+}
+
+/* ---- every model on the one core ------------------------------------------ */
+
+static atomic_int listener_stopped_logs;
+
+static void count_log(void *arg, const char *line)
+{
+    (void)arg;
+    if (strstr(line, "accept on listener 0") && strstr(line, "(listener stopped)"))
+        atomic_fetch_add(&listener_stopped_logs, 1);
+}
+
+static void upper_data(iop_stream *s, const char *buf, size_t n)
+{
+    char out[256];
+    for (size_t i = 0; i < n && i < sizeof out; i++)
+        out[i] = (char)toupper((unsigned char)buf[i]);
+    iop_stream_write(s, out, n < sizeof out ? n : sizeof out);
+}
+
+/* A listening socket that breaks (here: shut down under the server, so that
+ * accept says EINVAL) is logged once and stopped, in every model alike; the
+ * other listener serves on and the server still stops cleanly. */
+IOP_TEST(broken_listener_stops_alone, be)
+{
+    static const struct iop_handler h = {.handle = upper_handle, .on_data = upper_data};
+    static const int all[] = {IOP_MODEL_EVENT, IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD,
+                              IOP_MODEL_FORK, IOP_MODEL_CORO};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        struct iop_server_config cfg = config(all[k], &h);
+        cfg.backend = be->kind;
+        cfg.loop_flags = be->flags;
+        cfg.log = count_log;
+        atomic_store(&listener_stopped_logs, 0);
+        iop_addr a;
+        int lfd, keep;
+        CHECK_OK(iop_addr_parse("127.0.0.1:0", &a));
+        CHECK_OK(iop_listen(&a, NULL, &lfd));
+        CHECK((keep = dup(lfd)) >= 0);
+        struct fixture f;
+        memset(&f, 0, sizeof f);
+        CHECK_OK(iop_server_new(&f.srv, &cfg));
+        CHECK_EQ(iop_server_adopt(f.srv, lfd), 0);
+        CHECK_EQ(iop_server_listen(f.srv, "127.0.0.1:0"), 1);
+        CHECK_OK(iop_server_addr(f.srv, 1, &f.addr[1]));
+        f.rc = -1;
+        if (all[k] == IOP_MODEL_FORK)
+            fixture_fork(&f);
+        else
+            CHECK(pthread_create(&f.thread, NULL, fixture_main, &f) == 0);
+        int fd = client(&f, 1); /* serving */
+        puts_(fd, "a\n");
+        expect_line(fd, "A\n");
+        close(fd); /* iterative: the loop is the handler's until it ends */
+        CHECK(shutdown(keep, SHUT_RD) == 0);
+        for (int i = 0; i < 200 && all[k] != IOP_MODEL_FORK && !atomic_load(&listener_stopped_logs);
+             i++)
+            usleep(10000);
+        if (all[k] != IOP_MODEL_FORK)
+            CHECK_EQ(atomic_load(&listener_stopped_logs), 1);
+        int fd2 = client(&f, 1); /* the other listener serves on */
+        puts_(fd2, "b\n");
+        expect_line(fd2, "B\n");
+        close(fd2);
+        fixture_stop(&f);
+        close(keep);
+        CHECK_EQ(atomic_load(&listener_stopped_logs), all[k] == IOP_MODEL_FORK ? 0 : 1);
     }
 }
