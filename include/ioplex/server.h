@@ -102,6 +102,12 @@ struct iop_handler {
     /* ---- datagrams (udp: listeners), every model ---- */
     /* One datagram (lent until return); answer with iop_datagram_reply. */
     void (*on_datagram)(iop_datagram *d, const char *buf, size_t n);
+
+    /* The handler's own state, for its callbacks to find with
+     * iop_server_handler_ctx(): a protocol's (proto.h's handlers set it),
+     * so that the server's data (cfg.data) stays the user's.  Kept as
+     * given; must outlive the server. */
+    void *ctx;
 };
 
 struct iop_server_config {
@@ -164,7 +170,10 @@ int iop_server_handle_signals(iop_server *srv);
 /* server_close: close listeners (unlinking Unix socket files this server
  * created) and free.  Not while running. */
 void iop_server_free(iop_server *srv);
+/* cfg.data: the user's; no handler of this library uses it. */
 void *iop_server_data(const iop_server *srv);
+/* cfg.handler->ctx: the handler's own state. */
+void *iop_server_handler_ctx(const iop_server *srv);
 
 /* ---- connections ------------------------------------------------------ */
 

@@ -132,7 +132,6 @@ int cmd_http(int argc, char **argv)
     struct iop_handler h;
     iop_http_handler(http, &h);
     cfg.handler = &h;
-    cfg.data = http;
     rc = serve_run(PROG, &so, &cfg);
     iop_http_free(http);
     return rc;

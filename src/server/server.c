@@ -90,6 +90,11 @@ void *iop_server_data(const iop_server *srv)
     return srv->cfg.data;
 }
 
+void *iop_server_handler_ctx(const iop_server *srv)
+{
+    return srv->cfg.handler->ctx;
+}
+
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
 {
     if (!srv->cfg.log)

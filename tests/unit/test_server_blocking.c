@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "ioplex/proto.h"
 #include "server_helpers.h"
 
 static const int models[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_FORK, IOP_MODEL_CORO};
@@ -742,5 +743,33 @@ IOP_TEST(broken_listener_stops_alone, be)
         fixture_stop(&f);
         close(keep);
         CHECK_EQ(atomic_load(&listener_stopped_logs), all[k] == IOP_MODEL_FORK ? 0 : 1);
+    }
+}
+
+/* A stock protocol keeps its state in the handler (ctx): the server's data
+ * slot is the user's in every model, and the protocol never reads it (here
+ * it holds bytes that would wreck an echo configuration). */
+IOP_TEST(stock_protocol_leaves_user_data, be)
+{
+    static const int all[] = {IOP_MODEL_EVENT, IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD,
+                              IOP_MODEL_FORK, IOP_MODEL_CORO};
+    static unsigned char mine[sizeof(struct iop_echo_config) + 64];
+    memset(mine, 0xff, sizeof mine);
+    struct iop_echo_config ec = {.mode = IOP_ECHO_LINES};
+    struct iop_handler h;
+    CHECK_OK(iop_echo_handler(&ec, &h));
+    CHECK(h.ctx == &ec);
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        struct iop_server_config cfg = config(all[k], &h);
+        cfg.data = mine;
+        struct fixture f;
+        fixture_start(&f, be, cfg, 1);
+        CHECK(iop_server_data(f.srv) == mine);
+        CHECK(iop_server_handler_ctx(f.srv) == &ec);
+        int fd = client(&f, 0);
+        puts_(fd, "abc\n");
+        expect_line(fd, "abc\n");
+        close(fd);
+        fixture_stop(&f);
     }
 }
