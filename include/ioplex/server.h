@@ -32,6 +32,7 @@
 #ifndef IOPLEX_SERVER_H
 #define IOPLEX_SERVER_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -110,6 +111,17 @@ struct iop_handler {
     void *ctx;
 };
 
+/* What iop_server_new puts in a member of the config left 0. */
+#define IOP_SERVER_DEFAULT_MAX_CONNS  10000u
+#define IOP_SERVER_DEFAULT_GRACE_MS   10000u
+#define IOP_SERVER_DEFAULT_HIGH_WATER ((size_t)1 << 20)
+#define IOP_SERVER_DEFAULT_STACK_SIZE ((size_t)64 << 10)
+/* grace_ms: no grace.  A graceful stop still asks every connection to end
+ * (on_stop, iop_conn_set_idle waits), then closes what is left at the next
+ * loop iteration instead of waiting.  (Any other value is a time, so the
+ * longest grace is UINT_MAX - 1 ms.) */
+#define IOP_SERVER_GRACE_NONE UINT_MAX
+
 struct iop_server_config {
     int model;                /* IOP_MODEL_*; 0: event */
     int backend;              /* IOP_BACKEND_* of the reactors; 0: auto */
@@ -117,11 +129,16 @@ struct iop_server_config {
     unsigned workers;         /* reactor threads per process (event, coro); 0: 1 */
     unsigned processes;       /* pre-forked worker processes; 0: serve here */
     unsigned max_conns;       /* open connections at most (also threads /
-                               * processes); past it, stop accepting; 0: 10000 */
+                               * processes); past it, stop accepting; 0:
+                               * IOP_SERVER_DEFAULT_MAX_CONNS */
     unsigned idle_timeout_ms; /* close a connection idle that long; 0: never */
-    unsigned grace_ms;        /* graceful stop: at most this long; 0: 10000 */
-    size_t high_water;        /* write queue mark per connection; 0: 1 MiB */
-    size_t stack_size;        /* coro: stack per connection; 0: 64 KiB */
+    unsigned grace_ms;        /* graceful stop: at most this long; 0:
+                               * IOP_SERVER_DEFAULT_GRACE_MS;
+                               * IOP_SERVER_GRACE_NONE: none */
+    size_t high_water;        /* write queue mark per connection; 0:
+                               * IOP_SERVER_DEFAULT_HIGH_WATER */
+    size_t stack_size;        /* coro: stack per connection; 0:
+                               * IOP_SERVER_DEFAULT_STACK_SIZE */
     const struct iop_handler *handler;
     void *data; /* iop_server_data(), handed to every callback's conn */
     /* Diagnostics (a line, no newline): EMFILE, worker died, ... NULL: silent. */

@@ -64,6 +64,22 @@ static int check_config(const struct iop_server_config *cfg)
     return 0;
 }
 
+/* The one place defaults are applied: past here every member holds what it
+ * means (grace_ms 0: no grace). */
+static void apply_defaults(struct iop_server_config *c)
+{
+    if (!c->max_conns)
+        c->max_conns = IOP_SERVER_DEFAULT_MAX_CONNS;
+    if (!c->grace_ms)
+        c->grace_ms = IOP_SERVER_DEFAULT_GRACE_MS;
+    else if (c->grace_ms == IOP_SERVER_GRACE_NONE)
+        c->grace_ms = 0;
+    if (!c->high_water)
+        c->high_water = IOP_SERVER_DEFAULT_HIGH_WATER;
+    if (!c->stack_size)
+        c->stack_size = IOP_SERVER_DEFAULT_STACK_SIZE;
+}
+
 int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
 {
     if (!out || !cfg)
@@ -75,10 +91,7 @@ int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
     if (!srv)
         return -ENOMEM;
     srv->cfg = *cfg;
-    if (!srv->cfg.max_conns)
-        srv->cfg.max_conns = 10000;
-    if (!srv->cfg.grace_ms)
-        srv->cfg.grace_ms = 10000;
+    apply_defaults(&srv->cfg);
     srv->nworkers = cfg->workers ? cfg->workers : 1;
     srv->nprocs = cfg->processes;
     *out = srv;

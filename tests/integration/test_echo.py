@@ -469,6 +469,20 @@ def t_grace_expires():
         srv.kill()
 
 
+def t_grace_zero():
+    """--grace 0 is no grace (the library's default would be 10 s)."""
+    srv = Server(*E, "--framed", grace="0")
+    try:
+        s, th, _ = stalled_reply(srv)
+        with s:
+            t0 = time.monotonic()
+            srv.stop(timeout=6)
+            took = time.monotonic() - t0
+            check(took <= 2, f"--grace 0: stopped after {took:.2f} s")
+    finally:
+        srv.kill()
+
+
 def t_fork_no_zombie():
     with Server(*E, "--model", "fork") as srv:
         socks = [connect(srv.addrs[0]) for _ in range(5)]

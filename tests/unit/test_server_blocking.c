@@ -509,6 +509,29 @@ IOP_TEST(grace_runs_out, be)
     }
 }
 
+/* IOP_SERVER_GRACE_NONE: a graceful stop does not wait for a handler busy
+ * in a call at all (0 would mean the 10 s default). */
+IOP_TEST(grace_none_ends_at_once, be)
+{
+    static const struct iop_handler h = {.handle = block_handle};
+    for (size_t k = 0; k < NMODELS; k++) {
+        struct iop_server_config cfg = config(models[k], &h);
+        cfg.grace_ms = IOP_SERVER_GRACE_NONE;
+        struct fixture f;
+        fixture_start(&f, be, cfg, 1);
+        int fd = client(&f, 0);
+        atomic_store(&last_rc, 0);
+        puts_(fd, "go\n");
+        expect_line(fd, "ready\n");
+        fixture_shutdown(&f);
+        CHECK(fixture_join(&f) < 1000);
+        expect_eof(fd);
+        close(fd);
+        if (models[k] != IOP_MODEL_FORK)
+            CHECK_EQ(atomic_load(&last_rc), -ECANCELED);
+    }
+}
+
 /* Answers "ready", then waits for the next line marked idle: a graceful
  * stop must end that wait at once (-ECANCELED), not at the grace limit. */
 static void idle_handle(iop_conn *c)
