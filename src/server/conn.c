@@ -86,36 +86,46 @@ int iop__conn_serve(iop_conn *c)
 
 /* ---- raw operations for readiness ---------------------------------------- */
 
-ssize_t iop__conn_recv_ready(iop_conn *c, void *buf, size_t len)
+/* One non-blocking recv (IOP_READ) or send, waiting through EAGAIN. */
+static ssize_t io_ready(iop_conn *c, void *buf, size_t len, unsigned events)
 {
     for (;;) {
-        ssize_t n = recv(c->fd, buf, len, MSG_DONTWAIT);
+        ssize_t n = events == IOP_READ ? recv(c->fd, buf, len, MSG_DONTWAIT)
+                                       : send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n >= 0)
             return n;
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
-        int rc = c->ops->wait(c, IOP_READ);
+        int rc = c->ops->wait(c, events);
         if (rc < 0)
             return rc;
     }
 }
 
+ssize_t iop__conn_recv_ready(iop_conn *c, void *buf, size_t len)
+{
+    return io_ready(c, buf, len, IOP_READ);
+}
+
 ssize_t iop__conn_send_ready(iop_conn *c, const void *buf, size_t len)
 {
-    for (;;) {
-        ssize_t n = send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int rc = c->ops->wait(c, IOP_WRITE);
+    return io_ready(c, (void *)(uintptr_t)buf, len, IOP_WRITE);
+}
+
+/* After a short read the socket is almost surely empty: wait first rather
+ * than pay for a recv that says EAGAIN (one system call per message). */
+ssize_t iop__conn_recv_drained(iop_conn *c, void *buf, size_t len)
+{
+    if (c->drained) {
+        int rc = c->ops->wait(c, IOP_READ);
         if (rc < 0)
             return rc;
     }
+    ssize_t n = iop__conn_recv_ready(c, buf, len);
+    c->drained = n > 0 && (size_t)n < len;
+    return n;
 }
 
 /* ---- the common part ------------------------------------------------------ */
@@ -504,21 +514,14 @@ static ssize_t recv_asleep(struct iop__pconn *pc, void *buf, size_t len)
     }
 }
 
-/* After a short read the socket is almost surely empty: wait first rather
- * than pay for a recv that says EAGAIN (one system call per message). */
+/* A blocking socket that is probably empty sleeps in recv(2) itself. */
 static ssize_t poll_recv(iop_conn *c, void *buf, size_t len)
 {
     struct iop__pconn *pc = (struct iop__pconn *)c;
-    ssize_t n;
-    if (pc->drained && pc->blocking) {
-        n = recv_asleep(pc, buf, len);
-    } else {
-        int rc = pc->drained ? poll_wait(c, IOP_READ) : 0;
-        if (rc < 0)
-            return rc;
-        n = iop__conn_recv_ready(c, buf, len);
-    }
-    pc->drained = n > 0 && (size_t)n < len;
+    if (!c->drained || !pc->blocking)
+        return iop__conn_recv_drained(c, buf, len);
+    ssize_t n = recv_asleep(pc, buf, len);
+    c->drained = n > 0 && (size_t)n < len;
     return n;
 }
 

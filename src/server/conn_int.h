@@ -49,6 +49,7 @@ struct iop_conn {
     int cancelled;       /* a call has returned -ECANCELED */
     int idle;            /* iop_conn_set_idle: a graceful stop cancels waits */
     int sigpipe;         /* 0: not looked up; 1: ignored; 2: not (conn.c) */
+    int drained;         /* the last recv was short: the socket is empty */
     unsigned timeout_ms; /* iop_conn_set_timeout; 0: cfg.idle_timeout_ms */
     char *rbuf;          /* read-ahead: rbuf[rpos..rlen) not yet handed out */
     size_t rpos, rlen;
@@ -73,6 +74,9 @@ int iop__conn_serve(iop_conn *c);
  * MSG_NOSIGNAL), ops->wait on EAGAIN. */
 ssize_t iop__conn_recv_ready(iop_conn *c, void *buf, size_t len);
 ssize_t iop__conn_send_ready(iop_conn *c, const void *buf, size_t len);
+/* The recv op of a model that waits well: after a short read (drained)
+ * ops->wait first, then iop__conn_recv_ready. */
+ssize_t iop__conn_recv_drained(iop_conn *c, void *buf, size_t len);
 
 /* ---- connections served off the loop: waits in poll(2) ---------------------
  *
@@ -114,7 +118,6 @@ struct iop__pconn {
     iop_conn conn; /* first: the iop_conn * handed to the handler is this */
     const struct iop__stop_fds *stop;
     int grace_seen;    /* gracefd was readable: poll it no more */
-    int drained;       /* the last recv was short: the socket is empty */
     int blocking;      /* the socket is blocking (recv sleeps in recv(2)) */
     unsigned rcvtimeo; /* its SO_RCVTIMEO in ms (0: none) */
     atomic_int parked; /* idle and asleep in recv(2): a graceful stop's SHUT_RD */

@@ -40,7 +40,6 @@ struct cconn {
     struct cconn *prev, *next; /* wk->conns */
     int parked;                /* in co_wait, yielded to the loop */
     int done;                  /* body returned: fd closed, waiting for reap */
-    int drained;               /* the last recv was short: the socket is empty */
 };
 
 struct cw {
@@ -153,24 +152,10 @@ static int co_wait(iop_conn *c, unsigned events)
     return rc;
 }
 
-/* After a short read the socket is almost surely empty: park first instead
- * of paying for a recv that says EAGAIN.  If bytes did come meanwhile, the
+/* recv parks first after a short read; if bytes did come meanwhile, the
  * level-triggered watcher reports them at once. */
-static ssize_t co_recv(iop_conn *c, void *buf, size_t len)
-{
-    struct cconn *cc = (struct cconn *)c;
-    if (cc->drained) {
-        int rc = co_wait(c, IOP_READ);
-        if (rc < 0)
-            return rc;
-    }
-    ssize_t n = iop__conn_recv_ready(c, buf, len);
-    cc->drained = n > 0 && (size_t)n < len;
-    return n;
-}
-
 static const struct iop__conn_ops co_ops = {
-    .recv = co_recv,
+    .recv = iop__conn_recv_drained,
     .send = iop__conn_send_ready,
     .wait = co_wait,
 };
