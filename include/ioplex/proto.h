@@ -73,7 +73,7 @@ struct iop_http_config {
 };
 
 /* Open cfg->root (-ENOTDIR, -ENOENT, ...) and make the server state. */
-int iop_http_new(iop_http **out, const struct iop_http_config *cfg);
+int iop_http_new(const struct iop_http_config *cfg, iop_http **out);
 /* Fill *h with the HTTP handler, which carries http (h->ctx). */
 void iop_http_handler(iop_http *http, struct iop_handler *h);
 /* After the server that used it is freed. */

@@ -150,7 +150,7 @@ struct iop_server_config {
  * pointers kept as given).  -EINVAL: no handler, the model's required
  * callback (on_data for event, handle for the others) is missing, or
  * workers > 1 with a blocking model. */
-int iop_server_new(iop_server **out, const struct iop_server_config *cfg);
+int iop_server_new(const struct iop_server_config *cfg, iop_server **out);
 
 /* Bind a listener now (so the caller can report it, and so that a busy
  * port fails before anything runs).  Returns the listener's index, or a

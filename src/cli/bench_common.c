@@ -530,7 +530,7 @@ static void wake_cb(iop_async *a)
 static int thread_loop(struct bench_thread *t)
 {
     struct bench_run *r = t->run;
-    int rc = iop_loop_new(&t->loop, r->kind, r->loop_flags);
+    int rc = iop_loop_new(r->kind, r->loop_flags, &t->loop);
     if (rc < 0)
         return rc;
     iop_timer_init(&t->timer, timer_cb); /* first: teardown stops it whatever fails next */
@@ -879,7 +879,7 @@ static void timeline(struct bench_run *r, struct timeline *tl)
 static int probe_backend(const struct bench_run *r)
 {
     iop_loop *loop;
-    int rc = iop_loop_new(&loop, r->kind, r->loop_flags);
+    int rc = iop_loop_new(r->kind, r->loop_flags, &loop);
     if (rc < 0) {
         fprintf(stderr, "%s: backend %s%s cannot start: %s\n", r->prog, r->o->backend,
                 r->o->edge ? " --edge" : "", iop_strerror(rc));

@@ -125,7 +125,7 @@ int cmd_http(int argc, char **argv)
     if (serve_config(PROG, &so, &defaults, &cfg) < 0 || http_config(&o, dir, &so, &hc) < 0)
         return CLI_USAGE;
     iop_http *http;
-    if ((rc = iop_http_new(&http, &hc)) < 0) {
+    if ((rc = iop_http_new(&hc, &http)) < 0) {
         fprintf(stderr, "%s: '%s': %s\n", PROG, dir, iop_strerror(rc));
         return CLI_USAGE;
     }

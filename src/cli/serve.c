@@ -229,7 +229,7 @@ static int probe_backend(const char *prog, const struct serve_opts *o,
                          const struct iop_server_config *cfg)
 {
     iop_loop *loop;
-    int rc = iop_loop_new(&loop, cfg->backend, cfg->loop_flags);
+    int rc = iop_loop_new(cfg->backend, cfg->loop_flags, &loop);
     if (rc < 0) {
         fprintf(stderr, "%s: backend %s%s cannot start: %s\n", prog, o->backend,
                 o->edge ? " (edge-triggered)" : "", iop_strerror(rc));
@@ -242,7 +242,7 @@ static int probe_backend(const char *prog, const struct serve_opts *o,
 static int server_create(const char *prog, const struct serve_opts *o,
                          const struct iop_server_config *cfg, iop_server **srv)
 {
-    int rc = iop_server_new(srv, cfg);
+    int rc = iop_server_new(cfg, srv);
     if (rc < 0)
         fprintf(stderr, "%s: cannot create the server (--model %s): %s\n", prog, o->model,
                 iop_strerror(rc));

@@ -17,7 +17,7 @@
 
 /* ---- the server object ---------------------------------------------------- */
 
-int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
+int iop_http_new(const struct iop_http_config *cfg, iop_http **out)
 {
     *out = NULL;
     if (!cfg || !cfg->root)

@@ -175,7 +175,7 @@ static int co_open(struct iop__reactor_listener *li, int fd, void **conn)
     struct cw *wk = cw_of(li->r);
     iop_server *srv = wk->r.srv;
     struct cconn *cc = calloc(1, sizeof *cc);
-    int rc = cc ? iop_coro_new(&cc->co, conn_body, cc, srv->cfg.stack_size) : -ENOMEM;
+    int rc = cc ? iop_coro_new(conn_body, cc, srv->cfg.stack_size, &cc->co) : -ENOMEM;
     if (rc < 0) {
         free(cc);
         close(fd);

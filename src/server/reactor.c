@@ -226,7 +226,7 @@ static int worker_init(iop_server *srv, const struct iop__reactor_ops *ops, stru
         return -ENOMEM;
     /* Loops are made here, on the caller's thread, so that a backend that
      * cannot start (io_uring refused) fails iop_server_run at once. */
-    int rc = iop_loop_new(&r->loop, srv->cfg.backend, srv->cfg.loop_flags);
+    int rc = iop_loop_new(srv->cfg.backend, srv->cfg.loop_flags, &r->loop);
     if (rc < 0)
         return rc;
     iop_timer_init(&r->grace, grace_over);

@@ -80,7 +80,7 @@ static void apply_defaults(struct iop_server_config *c)
         c->stack_size = IOP_SERVER_DEFAULT_STACK_SIZE;
 }
 
-int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
+int iop_server_new(const struct iop_server_config *cfg, iop_server **out)
 {
     if (!out || !cfg)
         return -EINVAL;

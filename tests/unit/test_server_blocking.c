@@ -740,7 +740,7 @@ IOP_TEST(broken_listener_stops_alone, be)
         CHECK((keep = dup(lfd)) >= 0);
         struct fixture f;
         memset(&f, 0, sizeof f);
-        CHECK_OK(iop_server_new(&f.srv, &cfg));
+        CHECK_OK(iop_server_new(&cfg, &f.srv));
         CHECK_EQ(iop_server_adopt(f.srv, lfd), 0);
         CHECK_EQ(iop_server_listen(f.srv, "127.0.0.1:0"), 1);
         CHECK_OK(iop_server_addr(f.srv, 1, &f.addr[1]));
