@@ -20,7 +20,9 @@
  * finish) reads like socketserver's BaseRequestHandler and runs unchanged
  * under iterative, thread, fork and coro, using iop_conn_recv / send /
  * sendall / recv_exact / readline.  Datagram listeners call on_datagram in
- * every model, on a reactor or a dedicated thread.
+ * every model, on the thread that accepts (under iterative, only between
+ * connections).  Every model accepts, pauses at max_conns, sheds when out
+ * of fds, and stops the same way: see iop_server_run.
  *
  * The library never prints: the caller prints `listening ADDR` lines from
  * iop_server_addr(), and diagnostics come through config.log.
@@ -165,8 +167,14 @@ int iop_server_addr(const iop_server *srv, size_t i, iop_addr *out);
 
 /* Serve until iop_server_shutdown() (or SIGINT/SIGTERM when the caller has
  * passed them here with iop_server_handle_signals), then stop gracefully:
- * stop accepting, let connections finish within grace_ms, close the rest.
- * Returns 0, or a negative errno if serving could not start (-EPERM when
+ * stop accepting (the listening sockets are shut down, so the kernel
+ * refuses new clients), ask every connection to end (event: on_stop;
+ * blocking style: waits of connections marked iop_conn_set_idle end), let
+ * the rest finish within grace_ms, close what is left.  At max_conns open
+ * connections accepting pauses until one closes; out of fds (EMFILE) the
+ * waiting clients are accepted and closed at once and accepting resumes
+ * after a pause; a listening socket that fails otherwise is logged and no
+ * longer served.  Returns 0, or a negative errno if serving could not start (-EPERM when
  * io_uring is refused for an explicit uring backend, -ENOTSUP for a model
  * this build lacks...). */
 int iop_server_run(iop_server *srv);
