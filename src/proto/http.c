@@ -459,7 +459,12 @@ static void serve_file(struct http_worker *w, struct http_resp *r, const struct 
         entry_release(e);
         return;
     }
-    if (req->range.p && (range = http_range(req->range.p, req->range.n, size, &first, &last)) < 0) {
+    /* If-Range: a client resuming a copy of another version must get the
+     * whole file, never bytes of this one spliced onto its own. */
+    int ranged = req->range.p &&
+                 (!req->if_range.p || http_if_range(req->if_range.p, req->if_range.n, e->etag,
+                                                    e->etag_len, e->st.st_mtime, time(NULL)));
+    if (ranged && (range = http_range(req->range.p, req->range.n, size, &first, &last)) < 0) {
         char cr[64];
         snprintf(cr, sizeof cr, "Content-Range: bytes */%llu\r\n", (unsigned long long)size);
         entry_release(e);
@@ -517,10 +522,12 @@ static int status_of(int err)
     }
 }
 
+/* Built from the resolved path, never the target's bytes: "//evil.example"
+ * must not become a Location a browser reads as another host. */
 static void redirect(struct http_worker *w, struct http_resp *r, const struct http_req *req,
-                     struct http_str path, struct http_str query)
+                     const char *rel, struct http_str query)
 {
-    size_t need = 512 + path.n + query.n;
+    size_t need = 512 + http_dir_location(rel, &query, NULL, 0);
     if (need > sizeof r->small) {
         char *big = malloc(need);
         if (!big) {
@@ -532,12 +539,7 @@ static void redirect(struct http_worker *w, struct http_resp *r, const struct ht
     }
     head_begin(w, r, 301);
     puts_(r, "Location: ");
-    put(r, path.p, path.n);
-    puts_(r, "/");
-    if (query.p) {
-        puts_(r, "?");
-        put(r, query.p, query.n);
-    }
+    r->head_len += http_dir_location(rel, &query, r->head + r->head_len, r->head_cap - r->head_len);
     puts_(r, "\r\n");
     puts_(r, html_type);
     length(r, 0);
@@ -615,7 +617,7 @@ static void serve_target(struct http_worker *w, struct http_resp *r, const struc
     if (S_ISDIR(e->st.st_mode)) {
         if (!dir_form) {
             entry_release(e);
-            redirect(w, r, req, path, query);
+            redirect(w, r, req, rel, query);
         } else {
             directory(w, r, req, rel, e);
         }
@@ -707,6 +709,23 @@ void http_peer_name(int fd, char *out, size_t outsz)
         inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, out, (socklen_t)outsz);
 }
 
+#define LOG_LINE_MAX 2048 /* request-line bytes logged; escaping may make 4x */
+#define LOG_HEAD     88   /* peer (<= 45), date (26), separators */
+#define LOG_TAIL     40   /* quote, status, bytes (<= 20), LF */
+#define LOG_EXTRA    (LOG_HEAD + LOG_TAIL)
+
+/* One CLF line into out (4 * n + LOG_EXTRA bytes); its length.  The request
+ * line is escaped: a client must not be able to forge fields with '"' or
+ * send control sequences to whoever reads the log. */
+static size_t log_line(struct http_worker *w, char *out, const char *host, const char *line,
+                       size_t n, int status, const char *bytes)
+{
+    size_t len = (size_t)snprintf(out, LOG_HEAD, "%s - - [%s] \"", host, clf_now(w));
+    len += line ? http_log_escape(line, n, out + len) : (size_t)snprintf(out + len, 2, "-");
+    len += (size_t)snprintf(out + len, LOG_TAIL, "\" %d %s\n", status, bytes);
+    return len;
+}
+
 void http_log(struct http_worker *w, const char *host, const struct http_req *req, int err,
               const struct http_resp *r)
 {
@@ -717,13 +736,13 @@ void http_log(struct http_worker *w, const char *host, const struct http_req *re
     if (r->log_bytes)
         snprintf(bytes, sizeof bytes, "%llu", (unsigned long long)r->log_bytes);
     int show = req && !err;
-    size_t linelen = show ? (req->line.n < 2048 ? req->line.n : 2048) : 1;
-    size_t need = linelen + 128;
+    size_t linelen = show ? (req->line.n < LOG_LINE_MAX ? req->line.n : LOG_LINE_MAX) : 0;
+    const char *line = show ? req->line.p : NULL;
+    size_t need = 4 * linelen + LOG_EXTRA;
     if (!w->loop) {
-        char line[2048 + 128];
-        int n = snprintf(line, sizeof line, "%s - - [%s] \"%.*s\" %d %s\n", host, clf_now(w),
-                         (int)linelen, show ? req->line.p : "-", r->status, bytes);
-        cfg->access_log(cfg->access_log_arg, line, (size_t)n);
+        char buf[4 * LOG_LINE_MAX + LOG_EXTRA];
+        size_t n = log_line(w, buf, host, line, linelen, r->status, bytes);
+        cfg->access_log(cfg->access_log_arg, buf, n);
         return;
     }
     if (w->loglen + need > w->logcap) {
@@ -736,9 +755,7 @@ void http_log(struct http_worker *w, const char *host, const struct http_req *re
         w->log = p;
         w->logcap = cap;
     }
-    int n = snprintf(w->log + w->loglen, w->logcap - w->loglen, "%s - - [%s] \"%.*s\" %d %s\n",
-                     host, clf_now(w), (int)linelen, show ? req->line.p : "-", r->status, bytes);
-    w->loglen += (size_t)n;
+    w->loglen += log_line(w, w->log + w->loglen, host, line, linelen, r->status, bytes);
     if (w->loglen > 65536)
         http_log_flush(w);
     else

@@ -48,6 +48,7 @@ struct http_req {
      * second to fourth (more are ignored). */
     struct http_str inm_more[3];
     unsigned n_inm_more;
+    struct http_str if_range; /* value, OWS trimmed (the first one) */
 };
 
 /* Parse one request head at the start of buf[0..len).
@@ -64,7 +65,8 @@ struct http_req {
  *         colon, obs-fold, no colon), a NUL or a bare CR anywhere, invalid
  *         or conflicting Content-Length, Content-Length together with
  *         Transfer-Encoding, a Transfer-Encoding not ending in chunked,
- *         HTTP/1.1 without Host (or with two), a target that is empty or
+ *         HTTP/1.1 without Host (or with two, or an invalid one:
+ *         http_host_valid), a target that is empty or
  *         holds a control character or space
  *   -414  no complete request line within max_header bytes
  *   -431  the head is longer than max_header bytes
@@ -74,6 +76,13 @@ struct http_req {
  * result > 0.  Two Host headers are -400 in HTTP/1.0 too. */
 int http_parse_head(const char *buf, size_t len, size_t max_header, size_t *scan,
                     struct http_req *req);
+
+/* Whether s[0..n) is a valid Host field value: empty, or uri-host [":"
+ * port] of RFC 3986 (a reg-name of unreserved, pct-encoded and sub-delims
+ * but ',', an IPv4 address, or an IP-literal "[IPv6]" / "[vX.Y]"; port
+ * digits only).  A comma is refused because it makes the value a list:
+ * several hosts.  http_parse_head answers -400 for a Host it refuses. */
+int http_host_valid(const char *s, size_t n);
 
 /* A chunked body being read and thrown away. */
 struct http_chunked {
@@ -145,6 +154,16 @@ int http_date_parse(const char *s, size_t n, time_t *out);
  *  -416 one range that no byte of the file satisfies (incl. size 0) */
 int http_range(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last);
 
+/* If-Range value v[0..n) against the file's validators (RFC 9110
+ * §13.1.5): 1 when the Range may be honoured, 0 when it must be ignored
+ * (200 with the whole file).  An entity-tag matches by the strong
+ * comparison only (a weak tag never does); an HTTP-date only when it is
+ * exactly mtime and that is a strong validator: its second is over
+ * (mtime < now), so the file cannot change again within the second the
+ * date names.  Anything else is 0. */
+int http_if_range(const char *v, size_t n, const char *etag, size_t etag_len, time_t mtime,
+                  time_t now);
+
 /* The strong validator of a file: "\"<hex ino>-<hex size>-<hex mtime ns>\""
  * (quotes included), NUL-terminated; its length. out needs >= 64 bytes. */
 size_t http_etag(const struct stat *st, char *out);
@@ -167,5 +186,21 @@ size_t http_html_escape(const char *s, size_t n, char *out, size_t outsz);
 /* Percent-encode every byte but ALPHA DIGIT - . _ ~ (and '/' when
  * keep_slash).  snprintf-like as above. */
 size_t http_pct_encode(const char *s, size_t n, int keep_slash, char *out, size_t outsz);
+
+/* The Location of directory rel (from http_path_resolve, not "") with its
+ * trailing slash: "/" rel "/" with every byte but unreserved ones, sub-delims,
+ * ':', '@' and the separating '/' percent-encoded, so it is a valid
+ * absolute path that cannot begin with "//" (no authority) whatever the
+ * request's bytes were; then "?" query when query->p, its bytes kept but
+ * those a query may not hold (controls, space, '"', '#', backslash, non-ASCII,
+ * a '%' not starting an escape...) percent-encoded.  snprintf-like.  At
+ * most 3 * (strlen(rel) + query->n) + 3 bytes. */
+size_t http_dir_location(const char *rel, const struct http_str *query, char *out, size_t outsz);
+
+/* For the access log: s[0..n) with every byte outside 0x20..0x7e, and '"'
+ * and backslash, written as "\xHH" (as nginx does), so that a logged field can
+ * neither end its quotes nor reach a terminal as a control.  out needs 4 *
+ * n bytes; not NUL-terminated.  Returns the bytes written. */
+size_t http_log_escape(const char *s, size_t n, char *out);
 
 #endif

@@ -5,7 +5,9 @@
  *     ("5, 5"), which RFC 9112 §6.3 lets a recipient read as one value;
  *     an empty element or two different values is -400.
  *   - Two Host headers are -400 for HTTP/1.0 too (RFC 9112 §3.2); only
- *     the missing Host is an HTTP/1.1 rule.
+ *     the missing Host is an HTTP/1.1 rule.  An empty Host is valid (a
+ *     client sends one for a target without authority); a comma in it is
+ *     not, although RFC 3986 allows ',' in a reg-name: it lists hosts.
  *   - A field value holding a control character other than HTAB (or DEL)
  *     is -400, as is a target holding one.
  *   - A head of nothing but empty lines up to max_header is -414: it has
@@ -18,6 +20,7 @@
  *     total itself never passes the limit.  A chunk-size line (with its
  *     extensions) over CHUNK_LINE_MAX bytes and a trailer section over
  *     TRAILER_MAX bytes are -400: nothing else bounds them. */
+#include <arpa/inet.h>
 #include <limits.h>
 #include <string.h>
 
@@ -96,6 +99,93 @@ static int list_next(struct http_str *rest, struct http_str *elem)
         *rest = (struct http_str){comma + 1, rest->n - k - 1};
     else
         *rest = (struct http_str){NULL, 0};
+    return 1;
+}
+
+/* ---- Host ------------------------------------------------------------------ */
+
+/* RFC 3986 reg-name bytes but pct-encoded: unreserved and sub-delims, less
+ * ','.  IPv4 addresses are made of them too. */
+static int is_regname(unsigned char c)
+{
+    static const uint32_t map[4] = {
+        0x00000000u, /* controls */
+        0x2bff6fd2u, /* ! $ & ' ( ) * + - . 0-9 ; = */
+        0x87fffffeu, /* A-Z _ */
+        0x47fffffeu, /* a-z ~ */
+    };
+    return c < 128 && (map[c >> 5] >> (c & 31) & 1u);
+}
+
+static int is_hex(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (lower(c) >= 'a' && lower(c) <= 'f');
+}
+
+static int reg_name(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '%') {
+            if (n - i < 3 || !is_hex((unsigned char)s[i + 1]) || !is_hex((unsigned char)s[i + 2]))
+                return 0;
+            i += 2;
+        } else if (!is_regname(c)) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* "v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" ) */
+static int ipv_future(const char *s, size_t n)
+{
+    size_t i = 1;
+    if (n < 4 || lower((unsigned char)s[0]) != 'v')
+        return 0;
+    while (i < n && is_hex((unsigned char)s[i]))
+        i++;
+    if (i == 1 || i + 1 >= n || s[i] != '.')
+        return 0;
+    for (i++; i < n; i++)
+        if (!is_regname((unsigned char)s[i]) && s[i] != ':')
+            return 0;
+    return 1;
+}
+
+/* The inside of "[...]": an IPv6 address (no zone) or an IPvFuture. */
+static int ip_literal(const char *s, size_t n)
+{
+    char text[64];
+    unsigned char addr[16];
+    if (n && lower((unsigned char)s[0]) == 'v')
+        return ipv_future(s, n);
+    if (n == 0 || n >= sizeof text || memchr(s, '\0', n))
+        return 0;
+    memcpy(text, s, n);
+    text[n] = '\0';
+    return inet_pton(AF_INET6, text, addr) == 1;
+}
+
+int http_host_valid(const char *s, size_t n)
+{
+    size_t host = n;
+    if (n && s[0] == '[') {
+        const char *close = memchr(s, ']', n);
+        if (!close || !ip_literal(s + 1, (size_t)(close - s) - 1))
+            return 0;
+        host = (size_t)(close - s) + 1;
+        if (host < n && s[host] != ':')
+            return 0;
+    } else {
+        const char *colon = memchr(s, ':', n);
+        host = colon ? (size_t)(colon - s) : n;
+        if (!reg_name(s, host))
+            return 0;
+    }
+    for (size_t i = host + 1; i < n; i++) /* the port */
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
     return 1;
 }
 
@@ -267,10 +357,14 @@ static void keep_first(struct http_str *slot, struct http_str v)
 static int apply_field(struct http_str name, struct http_str v, struct fields *f,
                        struct http_req *req)
 {
-    if (eq_nocase(name, "host"))
+    if (eq_nocase(name, "host")) {
         f->hosts++;
-    else if (eq_nocase(name, "connection"))
+        if (!http_host_valid(v.p, v.n))
+            return -400;
+    } else if (eq_nocase(name, "connection"))
         field_connection(v, req);
+    else if (eq_nocase(name, "if-range"))
+        keep_first(&req->if_range, v);
     else if (eq_nocase(name, "content-length"))
         return field_content_length(v, req);
     else if (eq_nocase(name, "transfer-encoding"))

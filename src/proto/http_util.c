@@ -768,6 +768,17 @@ size_t http_etag(const struct stat *st, char *out)
     return (size_t)(p - out);
 }
 
+int http_if_range(const char *v, size_t n, const char *etag, size_t etag_len, time_t mtime,
+                  time_t now)
+{
+    /* A DQUOTE among the first three bytes tells an entity-tag from a
+     * date; "W/" makes it weak, and a weak tag never matches strongly. */
+    if (memchr(v, '"', n < 3 ? n : 3))
+        return n == etag_len && n >= 2 && v[0] == '"' && memcmp(v, etag, n) == 0;
+    time_t t;
+    return http_date_parse(v, n, &t) == 0 && t == mtime && mtime < now;
+}
+
 /* The opaque-tag of an entity-tag (quotes included), W/ skipped. */
 static struct http_str opaque(const char *s, size_t n)
 {
@@ -888,6 +899,78 @@ size_t http_pct_encode(const char *s, size_t n, int keep_slash, char *out, size_
     }
     terminate(out, outsz, len);
     return len;
+}
+
+/* Bytes that stand for themselves in a path segment (pchar but '%') or,
+ * with '/' and '?', in a query: unreserved, sub-delims, ':' and '@'. */
+static int is_pchar(unsigned char c)
+{
+    static const uint32_t map[4] = {
+        0x00000000u, /* controls */
+        0x2fff7fd2u, /* ! $ & ' ( ) * + , - . 0-9 : ; = */
+        0x87ffffffu, /* @ A-Z _ */
+        0x47fffffeu, /* a-z ~ */
+    };
+    return c < 128 && (map[c >> 5] >> (c & 31) & 1u);
+}
+
+static void emit_pct(char *out, size_t outsz, size_t *len, unsigned char c)
+{
+    char esc[3] = {'%', HEX_UPPER[c >> 4], HEX_UPPER[c & 15]};
+    emit(out, outsz, len, esc, 3);
+}
+
+size_t http_dir_location(const char *rel, const struct http_str *query, char *out, size_t outsz)
+{
+    size_t len = 0;
+    /* rel has no empty segment, so this '/' is never followed by another. */
+    emit(out, outsz, &len, "/", 1);
+    for (const char *p = rel; *p; p++) {
+        unsigned char c = (unsigned char)*p;
+        if (is_pchar(c) || c == '/')
+            emit(out, outsz, &len, p, 1);
+        else
+            emit_pct(out, outsz, &len, c);
+    }
+    emit(out, outsz, &len, "/", 1);
+    if (query->p) {
+        emit(out, outsz, &len, "?", 1);
+        for (size_t i = 0; i < query->n; i++) {
+            unsigned char c = (unsigned char)query->p[i];
+            int escape = c == '%' && query->n - i >= 3 && hex_val(query->p[i + 1]) >= 0 &&
+                         hex_val(query->p[i + 2]) >= 0;
+            if (is_pchar(c) || c == '/' || c == '?' || escape)
+                emit(out, outsz, &len, query->p + i, 1);
+            else
+                emit_pct(out, outsz, &len, c);
+        }
+    }
+    terminate(out, outsz, len);
+    return len;
+}
+
+/* Bytes the access log writes as they are: printable ASCII but '"' and
+ * backslash.  A 256-bit table: the log escapes every byte of every line. */
+static const uint32_t log_plain[8] = {0x00000000u, 0xfffffffbu, 0xefffffffu, 0x7fffffffu};
+
+size_t http_log_escape(const char *s, size_t n, char *out)
+{
+    char *o = out;
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (log_plain[c >> 5] >> (c & 31) & 1u)
+            continue;
+        memcpy(o, s + run, i - run);
+        o += i - run;
+        *o++ = '\\';
+        *o++ = 'x';
+        *o++ = HEX_UPPER[c >> 4];
+        *o++ = HEX_UPPER[c & 15];
+        run = i + 1;
+    }
+    memcpy(o, s + run, n - run);
+    return (size_t)(o - out) + n - run;
 }
 
 /* ---- directory listings -------------------------------------------------- */

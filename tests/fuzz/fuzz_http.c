@@ -4,11 +4,16 @@
  * head.  The bytes after a parsed head (or the whole input when it does not
  * parse) are then skipped as a chunked body, whole and in pieces.
  *
+ * The input after its first byte is also checked as a Host value: one
+ * accepted holds nothing that could make it a list, a path, userinfo or
+ * another field, and the parser agrees with the validator.
+ *
  * The first input byte chooses the piece sizes, max_header and the body
  * limit.  Bytes beyond what a call is given are poisoned, so ASan catches
  * a read past len even though the buffer holds the whole input. */
 #include <sanitizer/asan_interface.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -151,6 +156,28 @@ static void check_chunked(char *buf, size_t n, uint64_t limit, uint32_t seed)
         abort();
 }
 
+/* What no valid Host may hold, whatever else the validator allows. */
+static void check_host(const char *s, size_t n)
+{
+    if (!http_host_valid(s, n))
+        return;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c <= 0x20 || c >= 0x7f || strchr(",/@?#\\\"<>{}|^`", c))
+            abort();
+        if ((c == '[' && i != 0) || (c == ']' && s[0] != '['))
+            abort();
+    }
+    char head[300];
+    if (n > 200)
+        return;
+    int k = snprintf(head, sizeof head, "GET / HTTP/1.1\r\nHost: %.*s\r\n\r\n", (int)n, s);
+    struct http_req r;
+    size_t scan = 0;
+    if (http_parse_head(head, (size_t)k, 8192, &scan, &r) != k)
+        abort();
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -169,6 +196,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     int rc = check_head(buf, n, max, seed);
     size_t body = rc > 0 ? (size_t)rc : 0;
     check_chunked(buf + body, n - body, limit, seed);
+    check_host(buf, n);
     free(buf);
     return 0;
 }

@@ -1,7 +1,9 @@
 /* fuzz_http_path.c - the request-target half of the HTTP server on hostile
  * input: http_target_split + http_path_resolve (against a simple
  * reference resolver, and for containment invariants), http_range,
- * http_date_parse, http_etag_match and the escapers.  The first input
+ * http_date_parse, http_etag_match, http_if_range, the escapers, and
+ * the Location of a directory (a path that decodes back to the resolved
+ * one and can never name another host).  The first input
  * byte picks the output buffer size and the file size; the rest is the
  * text. */
 #include <stdint.h>
@@ -156,6 +158,94 @@ static void check_target(const char *s, size_t n, size_t outsz)
     check_resolve(path.p, path.n, outsz);
 }
 
+/* ---- Locations ----------------------------------------------------------- */
+
+static int pchar_or_slash(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+           (c && strchr("-._~!$&'()*+,;=:@%/", c));
+}
+
+static void check_location(const char *s, size_t n)
+{
+    struct http_str path, query;
+    char rel[4096];
+    int dir;
+    if (http_target_split(s, n, &path, &query) < 0 ||
+        http_path_resolve(path.p, path.n, rel, sizeof rel, &dir) <= 0)
+        return;
+    size_t need = http_dir_location(rel, &query, NULL, 0);
+    size_t rl = strlen(rel);
+    char *out = malloc(need + 1);
+    if (!out || need > 3 * (rl + query.n) + 3 ||
+        http_dir_location(rel, &query, out, need + 1) != need)
+        abort();
+    /* An absolute path, never "//host" or "/\host". */
+    if (out[0] != '/' || out[1] == '/' || out[1] == '\\')
+        abort();
+    char *q = memchr(out, '?', need);
+    size_t plen = q ? (size_t)(q - out) : need;
+    if (!q != !query.p)
+        abort();
+    for (size_t i = 0; i < need; i++)
+        if (!pchar_or_slash((unsigned char)out[i]) && !(out[i] == '?' && i >= plen))
+            abort();
+    /* The path decodes back to exactly "/" rel "/". */
+    char *dec = malloc(plen + 1);
+    size_t k = 0;
+    for (size_t i = 0; i < plen; i++) {
+        if (out[i] == '%') {
+            if (i + 2 >= plen || hexv(out[i + 1]) < 0 || hexv(out[i + 2]) < 0)
+                abort();
+            dec[k++] = (char)(hexv(out[i + 1]) << 4 | hexv(out[i + 2]));
+            i += 2;
+        } else {
+            dec[k++] = out[i];
+        }
+    }
+    if (k != rl + 2 || dec[0] != '/' || dec[k - 1] != '/' || memcmp(dec + 1, rel, rl) != 0)
+        abort();
+    free(dec);
+    free(out);
+}
+
+/* Escaped log text is printable ASCII without '"', and unescapes back. */
+static void check_log_escape(const char *s, size_t n)
+{
+    char *out = malloc(4 * n + 1);
+    size_t len = http_log_escape(s, n, out), k = 0;
+    if (len > 4 * n || len < n)
+        abort();
+    for (size_t i = 0; i < len; i++, k++) {
+        unsigned char c = (unsigned char)out[i];
+        if (c < 0x20 || c > 0x7e || c == '"')
+            abort();
+        if (c == '\\') {
+            if (i + 3 >= len || out[i + 1] != 'x' || hexv(out[i + 2]) < 0 || hexv(out[i + 3]) < 0 ||
+                (hexv(out[i + 2]) << 4 | hexv(out[i + 3])) != (unsigned char)s[k])
+                abort();
+            i += 3;
+        } else if (k >= n || s[k] != out[i]) {
+            abort();
+        }
+    }
+    if (k != n)
+        abort();
+    free(out);
+}
+
+static void check_if_range(const char *s, size_t n)
+{
+    int m = http_if_range(s, n, "\"abc\"", 5, 784111777, 784111778);
+    if (m != 0 && m != 1)
+        abort();
+    /* A match is the tag itself or a date: never a weak tag. */
+    if (m && n >= 2 && s[0] == 'W' && s[1] == '/')
+        abort();
+    if (m && memchr(s, '"', n < 3 ? n : 3) && !(n == 5 && memcmp(s, "\"abc\"", 5) == 0))
+        abort();
+}
+
 /* ---- the rest ------------------------------------------------------------ */
 
 static void check_range(const char *s, size_t n, uint64_t size)
@@ -230,6 +320,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     check_date(s, n);
     check_etag(s, n);
     check_escapes(s, n, outsz);
+    check_location(s, n);
+    check_log_escape(s, n);
+    check_if_range(s, n);
     if (!http_mime_type(s, n))
         abort();
     return 0;

@@ -5,8 +5,10 @@
 A document root is built in a temp dir at start: files of 13 B, 4 KiB and
 1 MiB, MIME samples, a directory of awkward names for the listing (HTML
 specials, '#', '?', '%', UTF-8), symlinks that stay inside and ones that lead
-out, a secret file next to the root, a mode-000 file and directory.  Every
-server listens on port 0 and is found through its `listening ADDR` lines.
+out, a secret file next to the root, a mode-000 file and directory, and
+directories named like hosts (evil.example, etc, x, \\evil) for the
+open-redirect cases.  Every server listens on port 0 and is found through
+its `listening ADDR` lines.
 
 The full battery (t_* functions, each with its own server) runs on the event
 model with epoll; every backend x model combination runs a representative
@@ -113,6 +115,10 @@ def make_root():
         "nolist/one.txt": b"one\n",
         "list/dir/inner.txt": b"inner\n",
         "list/x y/deep.txt": b"deep\n",
+        "evil.example/f.txt": b"not elsewhere\n",  # the open-redirect directories
+        "etc/f.txt": b"etc\n",
+        "x/f.txt": b"x\n",
+        "\\evil/f.txt": b"backslash\n",
     }
     for name, content in LISTING.items():
         if content is not None:
@@ -601,6 +607,117 @@ def check_rude_clients(addr, what):
     expect_file(get(addr, "/4k"), "/4k", f"{what}: after 10 resets mid-response")
 
 
+# target -> the Location of its 301: built from the resolved path, never a
+# network-path reference (//host) or one a browser reads as such (/\host)
+REDIRECTS = [
+    ("//evil.example", "/evil.example/"), ("//etc", "/etc/"), ("///x", "/x/"),
+    ("//./x", "/x/"), ("//x?q=1", "/x/?q=1"), ("http://h//x", "/x/"),
+    ("http://h//evil.example?a=1", "/evil.example/?a=1"), ("/\\evil", "/%5Cevil/"),
+    ("//\\evil", "/%5Cevil/"), ("/%5Cevil", "/%5Cevil/"), ("/%2F%2Fevil.example", "/evil.example/"),
+    ("/x/..//x", "/x/"),
+    ('//x?a="b"\\\x9b#frag', "/x/?a=%22b%22%5C%9B"), ("//x?%41%zz", "/x/?%41%25zz"),
+    ("/list/x%20y", "/list/x%20y/"),
+]
+REDIRECT_SAMPLE = [REDIRECTS[i] for i in (0, 2, 5, 7, 12)]
+LOCATION = re.compile(r"/(?![/\\])[\w.~!$&'()*+,;=:@%/-]*(\?[\w.~!$&'()*+,;=:@%/?-]*)?", re.A)
+
+
+def check_redirects(addr, cases, what):
+    with Conn(addr) as c:
+        for t, loc in cases:
+            c.send(req(t.encode("latin-1")))
+            r = c.response(f"{what}: GET {t!r}")
+            got = r.get("Location")
+            check(r.status == 301 and got == loc,
+                  f"{what}: GET {t!r}: want 301 Location {loc}: {r!r}")
+            check(LOCATION.fullmatch(got), f"{what}: GET {t!r}: Location {got!r} not a path")
+
+
+# Host values RFC 9112 3.2 makes a 400, and some it must not
+BAD_HOSTS = ["a b", "a/b", "a@b", "[::1", "h:80:80", "a, b", "a,b", "[::1]x", "h:8a", "a%zz",
+             "a\\b", 'a"b', "caf\u00e9", "[fe80::1%eth0]", "u:p@h", "a?b", "a#b"]
+GOOD_HOSTS = ["", "example.com", "example.com:8080", "127.0.0.1:80", "[::1]", "[::1]:8000",
+              "a%20b", "h:"]
+
+
+def check_hosts(addr, bad, good, what):
+    for h in bad:
+        for version in ("HTTP/1.1", "HTTP/1.0"):
+            w = f"{what}: {version} Host {h!r}"
+            r = one(addr, req("/hello", version=version, host=None,
+                              headers=[b"Host: " + h.encode()]), w, closes=True)
+            expect_status(r, 400, w)
+    w = f"{what}: two Host lines"
+    expect_status(one(addr, req("/hello", headers=["Host: b"]), w, closes=True), 400, w)
+    with Conn(addr) as c:
+        for h in good:
+            c.send(req("/hello", host=h))
+            expect_file(c.response(f"{what}: Host {h!r}"), "/hello", f"{what}: Host {h!r}")
+
+
+def check_if_range(addr, what, full=False):
+    """Range + If-Range: 206 only when the validator is the file's; else 200
+    with the whole file (RFC 9110 13.1.5)."""
+    d = DATA["/4k"]
+    with Conn(addr) as c:
+        c.send(req("/4k"))
+        r = c.response(f"{what}: GET /4k")
+        tag, mod = r.get("ETag"), r.get("Last-Modified")
+        cases = [('"nope"', False), (tag, True)]
+        if full:
+            other = email.utils.formatdate(MTIME - 1, usegmt=True)
+            rfc850 = time.strftime("%A, %d-%b-%y %H:%M:%S GMT", time.gmtime(MTIME))
+            cases += [(f"W/{tag}", False), (mod, True), (rfc850, True), (other, False),
+                      ("not a date", False), ("", False), ("*", False), (f"{tag}, {tag}", False),
+                      (tag[:-1], False), (tag.strip('"'), False)]
+        for ir, ok in cases:
+            for method in ("GET", "HEAD") if full else ("GET",):
+                w = f"{what}: {method} Range: bytes=10-19, If-Range: {ir}"
+                c.send(req("/4k", method, headers=["Range: bytes=10-19", f"If-Range: {ir}"]))
+                r = c.response(w, head=method == "HEAD")
+                if ok:
+                    check(r.status == 206 and r.get("Content-Range") == "bytes 10-19/4096"
+                          and r.get("Content-Length") == "10", f"{w}: want 206: {r!r}")
+                    check(method == "HEAD" or r.body == d[10:20], f"{w}: body")
+                else:
+                    check(r.status == 200 and r.get("Content-Range") is None
+                          and r.get("Content-Length") == "4096", f"{w}: want 200: {r!r}")
+                    check(method == "HEAD" or r.body == d, f"{w}: not the whole file")
+        if full:  # a failed If-Range ignores the Range, even an unsatisfiable one
+            w = f"{what}: Range: bytes=99999-, If-Range: \"nope\""
+            c.send(req("/4k", headers=["Range: bytes=99999-", 'If-Range: "nope"']))
+            r = c.response(w)
+            check(r.status == 200 and r.body == d, f"{w}: want 200: {r!r}")
+            w = f"{what}: If-Range without Range"
+            c.send(req("/4k", headers=[f"If-Range: {tag}"]))
+            r = c.response(w)
+            check(r.status == 200 and r.body == d, f"{w}: want 200: {r!r}")
+            w = f"{what}: If-Range {tag} on /1m"
+            c.send(req("/1m", headers=["Range: bytes=1000000-", f"If-Range: {tag}"]))
+            r = c.response(w)
+            check(r.status == 200 and r.body == DATA["/1m"], f"{w}: another file's tag: {r!r}")
+
+
+# raw target -> how the access log must show it (bytes outside printable
+# ASCII, '"' and backslash as \xHH)
+LOG_ESCAPES = [
+    (b'/q"-200-1-"x', r"/q\x22-200-1-\x22x"),
+    (b"/csi\x9b2J\xc2\x9b31m", r"/csi\x9B2J\xC2\x9B31m"),
+    (b"/back\\slash?\xfe=\xff", r"/back\x5Cslash?\xFE=\xFF"),
+]
+
+
+def check_log_escapes(srv, what, tag):
+    for i, (t, shown) in enumerate(LOG_ESCAPES):
+        t += f"?{tag}={i}".encode() if b"?" not in t else f"&{tag}={i}".encode()
+        shown += f"?{tag}={i}" if "?" not in shown else f"&{tag}={i}"
+        expect_status(one(srv.addr, req(t), f"{what}: GET {t!r}"), 404, f"{what}: GET {t!r}")
+        srv.wait_stderr(r'^127\.0\.0\.1 - - \[[^]]+\] "GET ' + re.escape(shown)
+                        + r' HTTP/1\.1" 404 \d+$')
+    for ln in srv.stderr().splitlines():
+        check(re.fullmatch(r"[\x20-\x7e]*", ln), f"{what}: raw bytes on stderr: {ln!r}")
+
+
 def check_no_stall(a, what):
     """Sequential keep-alive requests, each waiting for its answer: a head
     and its file sent as separate small segments would wait for the
@@ -648,6 +765,9 @@ def subset(srv, what, model):
         expect_file(r, "/hello", f"{what}: Connection: close")
         check((r.get("Connection") or "").lower() == "close", f"{what}: {r!r}")
         c.eof(f"{what}: after Connection: close")
+    check_redirects(a, REDIRECT_SAMPLE, what)
+    check_if_range(a, what)
+    check_hosts(a, BAD_HOSTS[:6], GOOD_HOSTS[:2], what)
     check_no_stall(a, what)
     check_pipeline(a, what)
     check_traversal(a, TRAVERSAL_SAMPLE, what)
@@ -675,6 +795,7 @@ def combo(backend, model):
         expect_file(get(srv.addr, tag), "/hello", f"{what}: {tag}")
         srv.wait_stderr(r'^127\.0\.0\.1 - - \[[^]]+\] "GET ' + re.escape(tag)
                         + r' HTTP/1\.1" 200 13$')
+        check_log_escapes(srv, what, f"combo-{backend}-{model}")
         graceful_idle(srv, f"{what}: graceful stop", limit=3.0)
 
 
@@ -914,6 +1035,29 @@ def t_directories():
         r = get(a, "/")  # the root lists too
         names = {t for _, t in listing_entries(r, "/", "root listing")}
         check({"hello", "sub/", "list/", "a b.txt"} <= names, f"root listing: {sorted(names)}")
+
+
+def t_open_redirect():
+    with Server(*E) as srv:
+        check_redirects(srv.addr, REDIRECTS, "open redirect")
+        for t, loc in REDIRECTS:  # and the Location leads where the request meant
+            r = get(srv.addr, loc)
+            check(r.status == 200 and r.ctype() == "text/html", f"GET {loc} (from {t!r}): {r!r}")
+
+
+def t_host_validation():
+    with Server(*E) as srv:
+        check_hosts(srv.addr, BAD_HOSTS, GOOD_HOSTS, "Host")
+
+
+def t_if_range():
+    with Server(*E) as srv:
+        check_if_range(srv.addr, "If-Range", full=True)
+
+
+def t_access_log_escapes():
+    with Server(*E) as srv:
+        check_log_escapes(srv, "access log", "esc")
 
 
 def t_no_listing():

@@ -23,10 +23,12 @@ static long long off(struct http_str s, const char *base)
 static void check_same(const struct http_req *a, const char *ba, const struct http_req *b,
                        const char *bb)
 {
-    const struct http_str *sa[] = {&a->method_s,          &a->target, &a->line, &a->if_none_match,
-                                   &a->if_modified_since, &a->range};
-    const struct http_str *sb[] = {&b->method_s,          &b->target, &b->line, &b->if_none_match,
-                                   &b->if_modified_since, &b->range};
+    const struct http_str *sa[] = {
+        &a->method_s,          &a->target, &a->line,    &a->if_none_match,
+        &a->if_modified_since, &a->range,  &a->if_range};
+    const struct http_str *sb[] = {
+        &b->method_s,          &b->target, &b->line,    &b->if_none_match,
+        &b->if_modified_since, &b->range,  &b->if_range};
     for (size_t i = 0; i < sizeof sa / sizeof sa[0]; i++) {
         CHECK_EQ(off(*sa[i], ba), off(*sb[i], bb));
         CHECK_EQ(sa[i]->n, sb[i]->n);
@@ -390,6 +392,89 @@ IOP_TEST(http_host, be)
     CHECK_EQ(status("GET / HTTP/1.1\r\nHosts: a\r\n\r\n"), -400);
 }
 
+static const struct {
+    const char *host;
+    int valid;
+} hosts[] = {
+    {"", 1},
+    {"a", 1},
+    {"example.com", 1},
+    {"example.com:8080", 1},
+    {"h:", 1}, /* port = *DIGIT */
+    {"127.0.0.1", 1},
+    {"127.0.0.1:80", 1},
+    {"999.1.1.1", 1}, /* not IPv4, but a reg-name */
+    {"xn--bcher-kva.example", 1},
+    {"a%20b", 1},
+    {"a-b_c~d!$&'()*+;=", 1},
+    {"[::1]", 1},
+    {"[::1]:8000", 1},
+    {"[2001:db8::1]", 1},
+    {"[::ffff:1.2.3.4]", 1},
+    {"[v1.x]", 1},
+    {"[v1f.a:b]:1", 1},
+    {"a b", 0},
+    {"a/b", 0},
+    {"a@b", 0},
+    {"u:p@h", 0},
+    {"[::1", 0},
+    {"::1", 0},
+    {"[::1]x", 0},
+    {"[::1]:x", 0},
+    {"[]", 0},
+    {"[fe80::1%eth0]", 0},
+    {"[fe80::1%25eth0]", 0},
+    {"[1.2.3.4]", 0},
+    {"[::1]]", 0},
+    {"[v1]", 0},
+    {"[v.x]", 0},
+    {"[vz.x]", 0},
+    {"[v1.]", 0},
+    {"[v1.a,b]", 0},
+    {"h:80:80", 0},
+    {"h:8a", 0},
+    {"h:-1", 0},
+    {"a, b", 0},
+    {"a,b", 0},
+    {"a%2", 0},
+    {"a%zz", 0},
+    {"a\\b", 0},
+    {"a\"b", 0},
+    {"a?b", 0},
+    {"a#b", 0},
+    {"caf\xc3\xa9", 0},
+    {"a\tb", 0},
+    {"a[b]", 0},
+    {":80", 1}, /* an empty reg-name is RFC 3986's */
+};
+
+IOP_TEST(http_host_values, be)
+{
+    (void)be;
+    char buf[256];
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+        const char *h = hosts[i].host;
+        if (http_host_valid(h, strlen(h)) != hosts[i].valid)
+            iop_test_fail(__FILE__, __LINE__, "Host '%s': want %s", h,
+                          hosts[i].valid ? "valid" : "invalid");
+        snprintf(buf, sizeof buf, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", h);
+        int rc = status(buf);
+        if (hosts[i].valid ? rc <= 0 : rc != -400)
+            iop_test_fail(__FILE__, __LINE__, "Host '%s': parse %d", h, rc);
+        snprintf(buf, sizeof buf, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", h);
+        rc = status(buf);
+        if (hosts[i].valid ? rc <= 0 : rc != -400)
+            iop_test_fail(__FILE__, __LINE__, "1.0 Host '%s': parse %d", h, rc);
+    }
+    /* Only the slice is read: what follows it does not count. */
+    CHECK_EQ(http_host_valid("[::1]junk", 5), 1);
+    CHECK_EQ(http_host_valid("a%41", 3), 0);
+    CHECK_EQ(http_host_valid("[::1\0]", 6), 0);
+    /* Every IPv6 literal of the maximal length still fits. */
+    const char *longest = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:65535";
+    CHECK_EQ(http_host_valid(longest, strlen(longest)), 1);
+}
+
 IOP_TEST(http_connection, be)
 {
     (void)be;
@@ -509,8 +594,11 @@ IOP_TEST(http_conditional_fields, be)
     CHECK(with_fields("Range: \r\nRange: bytes=1-2\r\n", &r) > 0);
     CHECK(r.range.p != NULL);
     CHECK_EQ(r.range.n, 0);
+    CHECK(with_fields("If-Range:  \"x\" \r\nIf-Range: \"y\"\r\n", &r) > 0);
+    CHECK_STR(r.if_range, "\"x\"");
     CHECK(with_fields("X-Range: bytes=1-2\r\n", &r) > 0);
-    CHECK(r.range.p == NULL && r.if_none_match.p == NULL && r.if_modified_since.p == NULL);
+    CHECK(r.range.p == NULL && r.if_none_match.p == NULL && r.if_modified_since.p == NULL &&
+          r.if_range.p == NULL);
 }
 
 /* ---- sizes -------------------------------------------------------------- */

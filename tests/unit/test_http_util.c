@@ -817,7 +817,129 @@ IOP_TEST(etag_match_cases, be)
     CHECK_EQ(http_etag_match("\"abc\"x", 5, "\"abc\"y", 5), 1);
 }
 
+IOP_TEST(if_range_validators, be)
+{
+    (void)be;
+    const char *tag = "\"1a-2b-3c\"";
+    size_t tn = strlen(tag);
+    time_t mtime = 784111777, now = mtime + 100; /* Sun, 06 Nov 1994 08:49:37 GMT */
+    static const struct {
+        const char *v;
+        int ok;
+    } cases[] = {
+        {"\"1a-2b-3c\"", 1},
+        {"\"nope\"", 0},
+        {"W/\"1a-2b-3c\"", 0}, /* weak: never a strong match */
+        {"\"1a-2b-3c\", \"x\"", 0},
+        {"\"1a-2b-3c", 0},
+        {"1a-2b-3c", 0},
+        {"*", 0},
+        {"", 0},
+        {"Sun, 06 Nov 1994 08:49:37 GMT", 1},
+        {"Sunday, 06-Nov-94 08:49:37 GMT", 1},
+        {"Sun Nov  6 08:49:37 1994", 1},
+        {"Sun, 06 Nov 1994 08:49:38 GMT", 0}, /* newer: not equal */
+        {"Sun, 06 Nov 1994 08:49:36 GMT", 0},
+        {"not a date", 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        const char *v = cases[i].v;
+        int got = http_if_range(v, strlen(v), tag, tn, mtime, now);
+        if (got != cases[i].ok)
+            iop_test_fail(__FILE__, __LINE__, "If-Range '%s': %d, want %d", v, got, cases[i].ok);
+    }
+    /* A date names a second: while that second lasts the file may change
+     * again under the same Last-Modified, so it is weak. */
+    const char *d = "Sun, 06 Nov 1994 08:49:37 GMT";
+    CHECK_EQ(http_if_range(d, strlen(d), tag, tn, mtime, mtime), 0);
+    CHECK_EQ(http_if_range(d, strlen(d), tag, tn, mtime, mtime + 1), 1);
+    /* Only the slice is read. */
+    CHECK_EQ(http_if_range("\"1a-2b-3c\"x", tn, tag, tn, mtime, now), 1);
+    CHECK_EQ(http_if_range("\"1a-2b-3c\"", tn - 1, tag, tn, mtime, now), 0);
+}
+
 /* ---- escaping ------------------------------------------------------------ */
+
+static void check_location(int line, const char *rel, const char *query, const char *want)
+{
+    char out[512];
+    struct http_str q = {query, query ? strlen(query) : 0};
+    size_t n = http_dir_location(rel, &q, out, sizeof out);
+    if (n != strlen(want) || strcmp(out, want) != 0)
+        iop_test_fail(__FILE__, line, "Location of '%s' ? '%s': '%s', want '%s'", rel,
+                      query ? query : "(none)", out, want);
+    if (n > 3 * (strlen(rel) + q.n) + 3 || http_dir_location(rel, &q, NULL, 0) != n)
+        iop_test_fail(__FILE__, line, "Location of '%s': length %zu", rel, n);
+}
+
+IOP_TEST(dir_location, be)
+{
+    (void)be;
+    check_location(__LINE__, "sub", NULL, "/sub/");
+    check_location(__LINE__, "sub", "", "/sub/?");
+    check_location(__LINE__, "sub", "q=1", "/sub/?q=1");
+    check_location(__LINE__, "list/dir", "a=1&b=2", "/list/dir/?a=1&b=2");
+    check_location(__LINE__, "evil.example", NULL, "/evil.example/");
+    check_location(__LINE__, "x y", NULL, "/x%20y/");
+    check_location(__LINE__, "a\\b", NULL, "/a%5Cb/");
+    check_location(__LINE__, "\\evil", NULL, "/%5Cevil/");
+    check_location(__LINE__, "100%/?#\"", NULL, "/100%25/%3F%23%22/");
+    check_location(__LINE__, "caf\xc3\xa9", NULL, "/caf%C3%A9/");
+    check_location(__LINE__, "\x01\x7f<>", NULL, "/%01%7F%3C%3E/");
+    check_location(__LINE__, "a:b@c!$&'()*+,;=~", NULL, "/a:b@c!$&'()*+,;=~/");
+    /* The query keeps its escapes and meaning; what may not be in a query
+     * (or in a header) is encoded. */
+    check_location(__LINE__, "d", "a=%41%zz%4", "/d/?a=%41%25zz%254");
+    check_location(__LINE__, "d", "x=\"y\"&z=\\/?:@", "/d/?x=%22y%22&z=%5C/?:@");
+    check_location(__LINE__, "d", "\r\n\x9b #", "/d/?%0D%0A%9B%20%23");
+    check_location(__LINE__, "d", "%", "/d/?%25");
+    /* snprintf-like truncation. */
+    char out[8];
+    struct http_str q = {NULL, 0};
+    memset(out, 'X', sizeof out);
+    CHECK_EQ(http_dir_location("abc def", &q, out, 5), 11);
+    check_str(__LINE__, "truncated", out, "/abc");
+    CHECK_EQ(out[5], 'X');
+}
+
+static void check_log_escape(int line, const char *s, size_t n, const char *want)
+{
+    char out[1024];
+    size_t got = http_log_escape(s, n, out);
+    if (got != strlen(want) || memcmp(out, want, got) != 0)
+        iop_test_fail(__FILE__, line, "log escape: '%.*s', want '%s'", (int)got, out, want);
+}
+
+IOP_TEST(log_escape, be)
+{
+    (void)be;
+    check_log_escape(__LINE__, "", 0, "");
+    check_log_escape(__LINE__, "GET /a?b=c HTTP/1.1", 19, "GET /a?b=c HTTP/1.1");
+    check_log_escape(__LINE__, "GET /q\"-200-1-\"x HTTP/1.1", 25,
+                     "GET /q\\x22-200-1-\\x22x HTTP/1.1");
+    check_log_escape(__LINE__, "\x9b\xc2\x9b", 3, "\\x9B\\xC2\\x9B");
+    check_log_escape(__LINE__, "a\\b", 3, "a\\x5Cb");
+    check_log_escape(__LINE__, "\x1b[2J\t\x7f", 6, "\\x1B[2J\\x09\\x7F");
+    check_log_escape(__LINE__, "a\0b", 3, "a\\x00b");
+    check_log_escape(__LINE__, " ~", 2, " ~");
+    /* Every byte: 93 printable ones stay, 163 take four bytes each. */
+    char all[256], out[1024];
+    for (int i = 0; i < 256; i++)
+        all[i] = (char)i;
+    CHECK_EQ(http_log_escape(all, 256, out), 93 + 163 * 4);
+    for (int i = 0, at = 0; i < 256; i++) {
+        int plain = i >= 0x20 && i <= 0x7e && i != '"' && i != '\\';
+        if (plain) {
+            CHECK_EQ((unsigned char)out[at], i);
+            at++;
+        } else {
+            char want[5];
+            snprintf(want, sizeof want, "\\x%02X", i);
+            CHECK(memcmp(out + at, want, 4) == 0);
+            at += 4;
+        }
+    }
+}
 
 IOP_TEST(html_escape_truncation, be)
 {
