@@ -92,11 +92,17 @@ static void acceptor_closed(iop_acceptor *acc)
 
 /* Out of resources, the acceptor sheds and retries by itself; any other
  * error means the listening socket is broken and accepts nothing more: it
- * is stopped (its close_cb follows), the other listeners go on. */
+ * is stopped (its close_cb follows), the other listeners go on.  While the
+ * server stops that is expected and not said: a socket shared by workers
+ * (Unix) is shut down by the first worker that stops. */
 static void on_accept_error(iop_acceptor *acc, int err)
 {
     struct iop__reactor_listener *li = acc->data;
     int resource = err == -EMFILE || err == -ENFILE || err == -ENOBUFS || err == -ENOMEM;
+    if (atomic_load(&li->r->srv->stopping) != IOP__RUNNING) {
+        iop_acceptor_stop(acc, acceptor_closed);
+        return;
+    }
     iop__server_log(li->r->srv, "accept on listener %d: %s%s", li->index, iop_strerror(err),
                     err == -EMFILE || err == -ENFILE ? " (shedding connections)"
                     : resource                       ? ""
