@@ -203,7 +203,7 @@ static void *conn_thread(void *arg)
     list_push(&w->done, bc);
     pthread_mutex_unlock(&w->lock);
     /* The worker joins this thread before it stops `wake`. */
-    iop_async_send(&w->r.wake);
+    iop__reactor_wake(&w->r);
     return NULL;
 }
 

@@ -1,6 +1,7 @@
 /* reactor.c - the worker every model runs on: loops, acceptors, max_conns,
  * datagrams and stopping (see reactor_int.h). */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/select.h>
 #include <unistd.h>
@@ -17,6 +18,29 @@ struct reactors {
 static struct iop__reactor *nth(const struct reactors *m, unsigned w)
 {
     return (struct iop__reactor *)(m->workers + (size_t)w * m->size);
+}
+
+/* ---- waking ------------------------------------------------------------- */
+
+/* Senders count themselves in, so that wake_stop knows when none can still
+ * touch r->wake: iop_async_send must not race iop_async_stop, and a stop
+ * notification or another worker's close may come at any time. */
+void iop__reactor_wake(struct iop__reactor *r)
+{
+    atomic_fetch_add(&r->sending, 1);
+    if (atomic_load(&r->wake_on))
+        iop_async_send(&r->wake);
+    atomic_fetch_sub(&r->sending, 1);
+}
+
+/* On r's thread.  A sender interrupted there by a signal handler has
+ * returned before this runs on; others never block. */
+static void wake_stop(struct iop__reactor *r)
+{
+    atomic_store(&r->wake_on, 0);
+    while (atomic_load(&r->sending) > 0)
+        sched_yield();
+    iop_async_stop(&r->wake);
 }
 
 /* ---- max_conns ---------------------------------------------------------- */
@@ -39,7 +63,7 @@ static void conns_fell(struct iop__reactor *r)
     acceptors_pause(r, 0);
     for (unsigned w = 0; w < m->n; w++)
         if (nth(m, w) != r && nth(m, w)->paused)
-            iop_async_send(&nth(m, w)->wake);
+            iop__reactor_wake(nth(m, w));
 }
 
 /* ---- accepting ---------------------------------------------------------- */
@@ -119,7 +143,7 @@ static void check_done(struct iop__reactor *r)
     if (r->ops->count(r) > 0)
         return;
     iop_timer_stop(&r->grace);
-    iop_async_stop(&r->wake);
+    wake_stop(r);
     if (r->ops->done)
         r->ops->done(r);
 }
@@ -240,6 +264,7 @@ static int worker_init(iop_server *srv, const struct iop__reactor_ops *ops, stru
     r->wake.data = r;
     if ((rc = iop_async_start(r->loop, &r->wake, wake_cb)) < 0)
         return rc;
+    atomic_store(&r->wake_on, 1);
     return ops->init ? ops->init(r) : 0;
 }
 
@@ -266,7 +291,7 @@ static void notify_workers(iop_server *srv)
         struct iop__reactor *r = nth(m, w);
         if (r->ops->notify && stopping)
             r->ops->notify(r, stopping);
-        iop_async_send(&r->wake);
+        iop__reactor_wake(r);
     }
 }
 

@@ -76,7 +76,9 @@ struct iop__reactor {
     const struct iop__reactor_ops *ops;
     unsigned index; /* worker number within the process */
     iop_loop *loop;
-    iop_async wake;
+    iop_async wake;     /* sent only through iop__reactor_wake */
+    atomic_int wake_on; /* wake may be sent to */
+    atomic_int sending; /* iop__reactor_wake calls under way */
     iop_timer grace;
     struct iop__reactor_listener *ls; /* per listener */
     iop_dgram **dgrams;               /* per listener (NULL for stream) */
@@ -141,6 +143,10 @@ int iop__reactor_run(iop_server *srv, const struct iop__reactor_ops *ops);
  * max_conns (which may resume paused acceptors) and, while stopping, let
  * the worker finish when it was the last. */
 void iop__reactor_conn_closed(struct iop__reactor *r);
+
+/* Wake r (its ops->wake, then the stop and max_conns checks) from any
+ * thread or a signal handler; nothing once r has finished. */
+void iop__reactor_wake(struct iop__reactor *r);
 
 /* For ops->stop: start the grace timer if connections are left. */
 void iop__reactor_start_grace(struct iop__reactor *r);
