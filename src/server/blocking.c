@@ -311,8 +311,8 @@ static int pids_add(struct bw *w, pid_t pid)
     return 0;
 }
 
-/* The child never returns: the one place under src/ that exits, as a
- * forked copy of the caller's process must not run its code on. */
+/* The child never returns: it _exits (as server.c's worker processes do),
+ * since a forked copy of the caller's process must not run its code on. */
 static void fk_start(struct iop__reactor *r, void *conn)
 {
     struct bw *w = bw_of(r);
