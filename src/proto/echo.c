@@ -40,7 +40,7 @@ static size_t max_frame(const struct iop_echo_config *cfg)
 
 static const struct iop_echo_config *cfg_of_stream(const iop_stream *s)
 {
-    return iop_server_data(iop_stream_server(s));
+    return iop_server_handler_ctx(iop_stream_server(s));
 }
 
 static void echo_log(const struct iop_echo_config *cfg, const char *fmt, ...)
@@ -342,7 +342,7 @@ static void handle_frames(const struct iop_echo_config *cfg, iop_conn *c)
 
 static void bl_handle(iop_conn *c)
 {
-    const struct iop_echo_config *cfg = iop_server_data(iop_conn_server(c));
+    const struct iop_echo_config *cfg = iop_server_handler_ctx(iop_conn_server(c));
     if (cfg->greeting) {
         struct iop_echo_config g = *cfg;
         g.prefix = NULL;
@@ -379,7 +379,7 @@ static int dgram_out(void *arg, const struct iovec *iov, int n)
 
 static void on_datagram(iop_datagram *d, const char *buf, size_t n)
 {
-    const struct iop_echo_config *cfg = iop_server_data(d->server);
+    const struct iop_echo_config *cfg = iop_server_handler_ctx(d->server);
     struct iop_echo_config u = *cfg;
     u.mode = IOP_ECHO_RAW; /* one datagram back: no frame header */
     (void)reply(&u, buf, n, dgram_out, d);
@@ -399,5 +399,6 @@ int iop_echo_handler(const struct iop_echo_config *cfg, struct iop_handler *h)
     h->on_stop = ev_stop;
     h->handle = bl_handle;
     h->on_datagram = on_datagram;
+    h->ctx = (void *)(uintptr_t)cfg; /* read back only as const */
     return 0;
 }

@@ -159,7 +159,7 @@ static int arm_recv(iop_stream *s)
     if (s->flags & (SF_RECV_ARMED | SF_EOF | SF_FAILED | SF_CLOSING))
         return 0;
     if (!ctx->ring) {
-        int rc = iop_bufring_new(ctx->loop, &ctx->ring, ctx->cfg.ring_buffers, ctx->cfg.read_size);
+        int rc = iop_bufring_new(ctx->loop, ctx->cfg.ring_buffers, ctx->cfg.read_size, &ctx->ring);
         if (rc < 0)
             return rc;
     }

@@ -539,17 +539,27 @@ def second_signal(model):
         srv.kill()
 
 
-def t_grace_expires():
-    srv = Server(*E, "--framed", grace="0.5")
+def stop_in_flight(grace, lo, hi):
+    """A request in flight at SIGTERM: the server is gone within [lo, hi] s."""
+    srv = Server(*E, "--framed", grace=grace)
     try:
         s, th, _ = stalled_reply(srv)
         with s:
             t0 = time.monotonic()
             srv.stop(timeout=6)
             took = time.monotonic() - t0
-            check(0.4 <= took <= 5, f"--grace 0.5: stopped after {took:.2f} s")
+            check(lo <= took <= hi, f"--grace {grace}: stopped after {took:.2f} s")
     finally:
         srv.kill()
+
+
+def t_grace_expires():
+    stop_in_flight("0.5", 0.4, 5)
+
+
+def t_grace_zero():
+    """--grace 0 is no grace (the library's default would be 10 s)."""
+    stop_in_flight("0", 0, 2)
 
 
 def t_fork_no_zombie():
