@@ -72,7 +72,7 @@ static int loop_pick_backend(iop_loop *l, int kind)
     return rc;
 }
 
-int iop_loop_new(iop_loop **out, int backend, unsigned flags)
+int iop_loop_new(int backend, unsigned flags, iop_loop **out)
 {
     if (!out || (flags & ~IOP_LOOP_EDGE))
         return -EINVAL;
@@ -561,9 +561,9 @@ int iop_op_cancel(iop_op *op)
     return op->loop->be->op_cancel(op->loop, op);
 }
 
-int iop_bufring_new(iop_loop *l, iop_bufring **out, unsigned count, unsigned size)
+int iop_bufring_new(iop_loop *l, unsigned count, unsigned size, iop_bufring **out)
 {
     if (!l->be->bufring_new)
         return -ENOTSUP;
-    return l->be->bufring_new(l, out, count, size);
+    return l->be->bufring_new(l, count, size, out);
 }

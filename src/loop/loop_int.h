@@ -64,7 +64,7 @@ struct iop_backend {
     /* Cancel op, in flight on loop: 0 or -errno. */
     int (*op_cancel)(iop_loop *loop, iop_op *op);
     /* A provided-buffer ring (iop_bufring_new's contract). */
-    int (*bufring_new)(iop_loop *loop, iop_bufring **out, unsigned count, unsigned size);
+    int (*bufring_new)(iop_loop *loop, unsigned count, unsigned size, iop_bufring **out);
 };
 
 extern const struct iop_backend iop__backend_select;

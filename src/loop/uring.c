@@ -430,7 +430,7 @@ static int uring_op_cancel(iop_loop *l, iop_op *op)
 
 /* ---- provided buffer rings --------------------------------------------- */
 
-static int uring_bufring_new(iop_loop *l, iop_bufring **out, unsigned count, unsigned size)
+static int uring_bufring_new(iop_loop *l, unsigned count, unsigned size, iop_bufring **out)
 {
     if (!count || count > 32768 || (count & (count - 1)) || !size)
         return -EINVAL;
