@@ -1,5 +1,6 @@
 /* stream.c - contexts, the write queue, the idle clock, deferred work and
- * closing; the IO itself is ready.c's or complete.c's. */
+ * closing; the IO itself is the engine's (ready.c or complete.c, through
+ * ctx->eng) and the wire's (wire.c). */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -39,13 +40,15 @@ int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_
         return -ENOMEM;
     ctx->loop = loop;
     ctx->cfg = *cfg;
-    ctx->completion = (iop_loop_caps(loop) & IOP_CAP_COMPLETION) != 0;
+    ctx->eng =
+        (iop_loop_caps(loop) & IOP_CAP_COMPLETION) ? &iop__stream_complete : &iop__stream_ready;
+    ctx->short_full = ctx->eng->short_full(loop);
     if (!ctx->cfg.high_water)
         ctx->cfg.high_water = 1u << 20;
     if (!ctx->cfg.low_water || ctx->cfg.low_water > ctx->cfg.high_water)
         ctx->cfg.low_water = ctx->cfg.high_water / 4;
     if (!ctx->cfg.read_size)
-        ctx->cfg.read_size = ctx->completion ? 16384u : 65536u;
+        ctx->cfg.read_size = ctx->eng->read_size;
     if (!ctx->cfg.ring_buffers)
         ctx->cfg.ring_buffers = 512;
     iop_timer_init(&ctx->idle_timer, idle_tick);
@@ -238,10 +241,7 @@ static void pending_one(iop_stream *s)
     }
     if (s->flags & SF_CLOSING)
         return;
-    if (s->ctx->completion)
-        iop__comp_pending(s);
-    else
-        iop__ready_pending(s);
+    s->ctx->eng->pending(s);
 }
 
 static void pending_run(iop_defer *d)
@@ -275,19 +275,13 @@ int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out)
         close(fd);
         return -ENOMEM;
     }
-    /* A readiness stream never touches the completion members: allocating
-     * only up to its io watcher keeps an idle connection small. */
-    size_t size = ctx->completion ? sizeof(iop_stream)
-                                  : offsetof(iop_stream, u) + sizeof(((iop_stream *)0)->u.io);
-    iop_stream *s = calloc(1, size);
+    iop_stream *s = calloc(1, ctx->eng->stream_size);
     if (!s) {
         close(fd);
         return -ENOMEM;
     }
     s->ctx = ctx;
-    if (ctx->completion)
-        s->u.c.fd = fd;
-    int rc = ctx->completion ? 0 : iop__ready_open(s, fd);
+    int rc = ctx->eng->open(s, fd);
     if (rc < 0) {
         close(fd);
         free(s);
@@ -333,14 +327,7 @@ int iop_stream_read_start(iop_stream *s)
     if (s->flags & SF_READING)
         return 0;
     s->flags |= SF_READING;
-    if (s->flags & SF_EOF) {
-        /* Nothing more will come, but bytes or the EOF itself may be owed
-         * from while reading was stopped (completion engine). */
-        if (s->ctx->completion)
-            iop__stream_pend(s);
-        return 0;
-    }
-    return s->ctx->completion ? iop__comp_read_start(s) : iop__ready_read_start(s);
+    return s->ctx->eng->read_start(s);
 }
 
 int iop_stream_read_stop(iop_stream *s)
@@ -348,10 +335,7 @@ int iop_stream_read_stop(iop_stream *s)
     if (!(s->flags & SF_READING))
         return 0;
     s->flags &= (uint16_t)~SF_READING;
-    if (s->ctx->completion)
-        iop__comp_read_stop(s);
-    else
-        iop__ready_read_stop(s);
+    s->ctx->eng->read_stop(s);
     return 0;
 }
 
@@ -440,12 +424,12 @@ static void res_free(iop_stream *s, struct wres *r)
     }
     free(r->item);
     r->item = NULL;
-    if (s->ctx->completion)
-        iop__comp_trim(s);
+    if (s->ctx->eng->trim)
+        s->ctx->eng->trim(s);
 }
 
 /* Room for total bytes beyond what the tail chunk has, an entry if item,
- * and the completion engine's send state. */
+ * and what the engine reserves (the completion engine's send state). */
 static int res_take(iop_stream *s, size_t total, int item, struct wres *r)
 {
     *r = (struct wres){0};
@@ -462,7 +446,7 @@ static int res_take(iop_stream *s, size_t total, int item, struct wres *r)
     }
     if (item && !(r->item = calloc(1, sizeof *r->item)))
         goto nomem;
-    if (s->ctx->completion && iop__comp_reserve(s) < 0)
+    if (s->ctx->eng->reserve && s->ctx->eng->reserve(s) < 0)
         goto nomem;
     return 0;
 nomem:
@@ -577,12 +561,8 @@ static void queue_iov(iop_stream *s, const struct iovec *iov, int iovcnt, size_t
 
 static void queued_kick(iop_stream *s)
 {
-    if (!s->whead)
-        return;
-    if (s->ctx->completion)
-        iop__stream_pend(s); /* one sendmsg for all writes of this iteration */
-    else
-        iop__ready_kick(s);
+    if (s->whead)
+        s->ctx->eng->kick(s);
 }
 
 int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
@@ -596,7 +576,8 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     size_t sent = 0;
     /* Write first, wait later: with nothing queued, the kernel usually
      * takes the whole reply now and nothing is copied. */
-    if (!s->whead && !s->ctx->completion && (rc = iop__try_write(s, iov, iovcnt, 0, &sent)) < 0) {
+    if (!s->whead && s->ctx->eng->write_now &&
+        (rc = iop__wire_writev(s, iov, iovcnt, 0, &sent)) < 0) {
         res_free(s, &r);
         fail_later(s, rc);
         return 0;
@@ -631,8 +612,8 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
         release(arg);
         return rc;
     }
-    if (!s->whead && !s->ctx->completion &&
-        (rc = iop__try_write(s, all, iovcnt + 1, 0, &sent)) < 0) {
+    if (!s->whead && s->ctx->eng->write_now &&
+        (rc = iop__wire_writev(s, all, iovcnt + 1, 0, &sent)) < 0) {
         res_free(s, &r);
         release(arg);
         fail_later(s, rc);
@@ -683,11 +664,12 @@ static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size
                         size_t *sent, int fd, off_t *off, size_t *len)
 {
     if (iovcnt) {
-        int rc = iop__try_write(s, iov, iovcnt, *len > 0, sent);
+        int rc = iop__wire_writev(s, iov, iovcnt, *len > 0, sent);
         if (rc < 0 || *sent < total)
             return rc;
     }
-    return *len ? iop__try_sendfile(s, fd, off, len) : 0;
+    int rc = *len ? iop__wire_sendfile(s, fd, off, len, s->ctx->short_full) : 0;
+    return rc < 0 ? rc : 0;
 }
 
 /* IOP_SENDFILE_DUP: a file queued behind other bytes is kept (dup) before
@@ -835,10 +817,7 @@ void iop_stream_close(iop_stream *s)
     s->flags |= SF_CLOSING;
     s->flags &= (uint16_t)~SF_READING;
     idle_unlink(s);
-    if (s->ctx->completion)
-        iop__comp_close(s);
-    else
-        iop__ready_close(s);
+    s->ctx->eng->close(s);
 }
 
 /* Every request has finished: drop the queue, close the fd, and owe

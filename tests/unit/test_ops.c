@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -172,6 +173,7 @@ IOP_TEST(ops_unsupported_without_completion, be)
     CHECK_EQ(iop_op_splice(l, &r.op, p[0], -1, sv[0], -1, 1, 0, rec_cb), -ENOTSUP);
     CHECK_EQ(iop_op_splice(l, &r.op, p[0], -1, sv[0], -1, 1, IOP_OP_LINK, rec_cb), -ENOTSUP);
     CHECK_EQ(iop_op_close(l, &r.op, p[0], rec_cb), -ENOTSUP);
+    CHECK_EQ(iop_op_poll(l, &r.op, sv[0], POLLOUT, rec_cb), -ENOTSUP);
     /* Never in flight, so nothing to cancel (the op names no loop). */
     CHECK_EQ(iop_op_cancel(&r.op), -EINVAL);
 
@@ -596,6 +598,28 @@ IOP_TEST(op_splice_file_to_socket_linked, be)
 }
 
 /* ---- close, cancel ----------------------------------------------------- */
+
+/* A one-shot readiness request: it waits while the fd is not ready, and
+ * its result is the revents mask. */
+IOP_TEST(op_poll_readiness, be)
+{
+    iop_loop *l = uring_loop(be);
+    int sv[2];
+    pair(sv);
+    struct rec r = {0};
+    CHECK_OK(iop_op_poll(l, &r.op, sv[0], POLLIN, rec_cb));
+    CHECK_EQ(iop_op_poll(l, &r.op, sv[0], POLLIN, rec_cb), -EBUSY);
+    spin(l, 20);
+    CHECK_EQ(r.calls, 0);
+    CHECK_EQ(write(sv[1], "x", 1), 1);
+    RUN_UNTIL_N(l, &r.done, 1, 2000);
+    CHECK_EQ(r.calls, 1);
+    CHECK(r.res[0] & POLLIN);
+    CHECK(!(r.flags[0] & IOP_OP_MORE));
+    CHECK_EQ(iop_loop_alive(l), 0);
+    close_pair(sv);
+    iop_test_loop_free(l);
+}
 
 IOP_TEST(op_close_closes_fd, be)
 {
