@@ -128,6 +128,11 @@ void iop_tls_free(iop_tls *t);
 
 /* Ciphertext from the peer, copied in: 0, or -ENOMEM. */
 int iop_tls_feed(iop_tls *t, const void *cipher, size_t n);
+/* Or without the copy: room for at least `want` bytes of ciphertext
+ * (*cap may be more) to recv into, then iop_tls_feed_commit() with what
+ * came.  NULL: -ENOMEM. */
+void *iop_tls_feed_space(iop_tls *t, size_t want, size_t *cap);
+void iop_tls_feed_commit(iop_tls *t, size_t n);
 /* The peer closed its side of the TCP connection. */
 void iop_tls_feed_eof(iop_tls *t);
 

@@ -36,6 +36,7 @@ struct iop__listener {
     size_t nfds;
     int unlink_path; /* a Unix socket file this server created */
     int reuseport;   /* bound with SO_REUSEPORT (siblings may follow) */
+    iop_tls_ctx *tls; /* the caller's; NULL: plain */
 };
 
 enum { IOP__RUNNING = 0, IOP__GRACEFUL = 1, IOP__NOW = 2 };

@@ -40,7 +40,8 @@ static void buf_drop(struct buf *b, size_t n)
     }
 }
 
-static int buf_add(struct buf *b, const void *p, size_t n)
+/* Room for n more bytes at b->p + b->len: 0 or -ENOMEM. */
+static int buf_room(struct buf *b, size_t n)
 {
     if (b->len + n > b->cap) {
         /* Move the live bytes down first: most of the time that is room. */
@@ -60,6 +61,13 @@ static int buf_add(struct buf *b, const void *p, size_t n)
             b->cap = cap;
         }
     }
+    return 0;
+}
+
+static int buf_add(struct buf *b, const void *p, size_t n)
+{
+    if (buf_room(b, n) < 0)
+        return -ENOMEM;
     memcpy(b->p + b->len, p, n);
     b->len += n;
     return 0;
@@ -232,6 +240,21 @@ void iop_tls_free(iop_tls *t)
 int iop_tls_feed(iop_tls *t, const void *cipher, size_t n)
 {
     return n ? buf_add(&t->in, cipher, n) : 0;
+}
+
+void *iop_tls_feed_space(iop_tls *t, size_t want, size_t *cap)
+{
+    if (buf_room(&t->in, want) < 0)
+        return NULL;
+    *cap = t->in.cap - t->in.len;
+    return t->in.p + t->in.len;
+}
+
+void iop_tls_feed_commit(iop_tls *t, size_t n)
+{
+    t->in.len += n;
+    if (t->in.len == t->in.head)
+        buf_drop(&t->in, 0); /* nothing came: do not hold the room */
 }
 
 void iop_tls_feed_eof(iop_tls *t)
