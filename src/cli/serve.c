@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "cli/reload.h"
 
 #define MAX_THREADS_X_PROCS 1024      /* the library's sockets per listener */
 #define MAX_SECS            4000000.0 /* fits in unsigned milliseconds */
@@ -373,11 +374,15 @@ int serve_run(const char *prog, const struct serve_opts *o, const struct iop_ser
     int rc = bind_all(prog, o, srv, tls, is_tls);
     if (rc == 0 && (rc = iop_server_handle_signals(srv)) < 0)
         fprintf(stderr, "%s: signal handlers: %s\n", prog, iop_strerror(rc));
+    struct reload reload = {0};
+    if (rc == 0 && (rc = reload_start(&reload, tls)) < 0)
+        fprintf(stderr, "%s: SIGHUP reload: %s\n", prog, iop_strerror(rc));
     if (rc == 0) {
         print_listening(srv, is_tls);
         if ((rc = iop_server_run(srv)) < 0)
             fprintf(stderr, "%s: cannot serve: %s\n", prog, iop_strerror(rc));
     }
+    reload_stop(&reload);
     /* A late signal must neither reach the freed server nor kill a process
      * that has already stopped cleanly. */
     signal(SIGINT, SIG_IGN);

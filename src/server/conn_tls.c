@@ -55,9 +55,9 @@ static int pull(iop_conn *c)
 
 static void log_failure(iop_conn *c, int rc)
 {
-    static _Atomic long last;
-    long now = (long)time(NULL), prev = atomic_load(&last);
-    if (rc == -ECANCELED || prev == now || !atomic_compare_exchange_strong(&last, &prev, now))
+    _Atomic long *last = c->srv->tls_log_last;
+    long now = (long)time(NULL), prev = atomic_load(last);
+    if (rc == -ECANCELED || prev == now || !atomic_compare_exchange_strong(last, &prev, now))
         return;
     iop_addr peer;
     char who[IOP_ADDR_STRLEN] = "?";

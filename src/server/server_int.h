@@ -34,8 +34,8 @@ struct iop__listener {
      * restarted process finds its sockets (and their backlog) waiting. */
     int *fds;
     size_t nfds;
-    int unlink_path; /* a Unix socket file this server created */
-    int reuseport;   /* bound with SO_REUSEPORT (siblings may follow) */
+    int unlink_path;  /* a Unix socket file this server created */
+    int reuseport;    /* bound with SO_REUSEPORT (siblings may follow) */
     iop_tls_ctx *tls; /* the caller's; NULL: plain */
 };
 
@@ -58,6 +58,10 @@ struct iop_server {
     void (*_Atomic notify)(iop_server *srv);
     atomic_int notifying; /* iop_server_shutdown() calls inside notify */
     void *model;          /* the running model's state */
+    /* When a TLS handshake failure was last logged (seconds): shared with
+     * forked children (iop_server_set_tls maps it), so that the fork model
+     * too logs at most one line a second. */
+    _Atomic long *tls_log_last;
 };
 
 /* Stop notifications reaching the model: clear notify and wait for calls
