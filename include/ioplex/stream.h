@@ -106,7 +106,10 @@ int iop_stream_read_stop(iop_stream *s);
  * when the queue now holds more than high_water bytes ("full": stop
  * producing until on_drain), or -EPIPE after shutdown or close or a failed
  * stream, -ENOMEM.  The queue is sent in order, coalesced into writev /
- * sendmsg calls. */
+ * sendmsg calls.  Every write call takes all it is given or, failing, has
+ * sent and queued none of it (what it needs is taken before its first byte
+ * goes out), and the stream goes on: a response that cannot be had whole
+ * can still be answered with another. */
 int iop_stream_write(iop_stream *s, const void *buf, size_t len);
 int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
 
@@ -117,7 +120,9 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
 #define IOP_SENDFILE_CLOSE 0x01u
 /* With IOP_SENDFILE_DUP the stream keeps a dup(2) of file_fd if it cannot
  * send the range within the call, so the caller may close (or cache and
- * share) its fd as soon as the call returns. */
+ * share) its fd as soon as the call returns.  Out of descriptors, the copy
+ * goes on a spare the context keeps (one per context, made by the first such
+ * call); without one the call fails with -EMFILE / -ENFILE, sending nothing. */
 #define IOP_SENDFILE_DUP 0x02u
 int iop_stream_sendfile(iop_stream *s, int file_fd, off_t offset, size_t len, unsigned flags);
 /* A response in one call: the iov bytes (copied if queued), then the file

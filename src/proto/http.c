@@ -17,6 +17,8 @@
 
 /* ---- the server object ---------------------------------------------------- */
 
+static void entry_unref(struct fentry *e);
+
 int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
 {
     *out = NULL;
@@ -37,6 +39,8 @@ int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
     if (!h->cfg.header_timeout_ms)
         h->cfg.header_timeout_ms = 10000;
     pthread_mutex_init(&h->lock, NULL);
+    for (size_t i = 0; i < HTTP_FC_STRIPES; i++)
+        pthread_mutex_init(&h->shared.locks[i], NULL);
     *out = h;
     return 0;
 }
@@ -60,6 +64,11 @@ void iop_http_free(iop_http *http)
         free(w);
         w = next;
     }
+    for (size_t i = 0; i < HTTP_FC_SLOTS; i++)
+        if (http->shared.slots[i])
+            entry_unref(http->shared.slots[i]);
+    for (size_t i = 0; i < HTTP_FC_STRIPES; i++)
+        pthread_mutex_destroy(&http->shared.locks[i]);
     pthread_mutex_destroy(&http->lock);
     close(http->rootfd);
     free(http);
@@ -104,9 +113,14 @@ void http_worker_local(struct http_worker *w, iop_http *http)
     w->http = http;
 }
 
-static void entry_put(struct fentry *e)
+static void entry_ref(struct fentry *e)
 {
-    if (e->refs)
+    atomic_fetch_add_explicit(&e->refs, 1, memory_order_relaxed);
+}
+
+static void entry_unref(struct fentry *e)
+{
+    if (atomic_fetch_sub_explicit(&e->refs, 1, memory_order_acq_rel) != 1)
         return;
     if (e->map)
         munmap((void *)(uintptr_t)e->map, (size_t)e->st.st_size);
@@ -124,11 +138,9 @@ void http_worker_fini(struct http_worker *w)
     w->peers = NULL;
     w->npeers = 0;
     for (size_t i = 0; i < HTTP_FC_SLOTS; i++) {
-        if (w->slots[i]) {
-            w->slots[i]->refs = 0;
-            entry_put(w->slots[i]);
-            w->slots[i] = NULL;
-        }
+        if (w->slots[i])
+            entry_unref(w->slots[i]);
+        w->slots[i] = NULL;
     }
     if (w->loop)
         http_event_worker_fini(w);
@@ -203,15 +215,69 @@ static int entry_check(struct http_worker *w, struct fentry *e)
     if (fstat(e->fd, &st) < 0 || st.st_nlink == 0)
         return 0;
     if (!same_file(&st, &e->st)) {
-        if (e->map)
-            return 0; /* its size is the mapping's: reopen */
+        /* A mapping's size is the file's; other threads read a shared
+         * entry: a new entry, not this one changed. */
+        if (e->map || w->shared)
+            return 0;
         e->st = st;
         entry_fill(e);
     }
-    e->epoch = w->epoch;
-    if (w->loop)
+    if (w->loop) {
+        e->epoch = w->epoch;
         (void)iop_defer_start(w->loop, &w->tick, tick_cb);
+    }
     return 1;
+}
+
+static int fresh(const struct fentry *e, const char *rel)
+{
+    return e && !strcmp(e->path, rel) && time(NULL) - e->opened < CACHE_VALID_S;
+}
+
+/* A fresh entry for rel, held, and kept in *slot (under lock, if any) when
+ * it is a regular file. */
+static int entry_reopen(struct http_worker *w, const char *rel, struct fentry **slot,
+                        pthread_mutex_t *lock, struct fentry **out)
+{
+    struct fentry *e = NULL, *old = NULL;
+    int rc = entry_open(w, rel, &e);
+    if (rc < 0)
+        return rc;
+    atomic_init(&e->refs, 1);
+    if (slot && S_ISREG(e->st.st_mode)) {
+        entry_ref(e);
+        if (lock)
+            pthread_mutex_lock(lock);
+        old = *slot;
+        *slot = e;
+        if (lock)
+            pthread_mutex_unlock(lock);
+    }
+    if (old)
+        entry_unref(old);
+    *out = e;
+    return 0;
+}
+
+/* The blocking models' shared cache: the slot's lock is held only to take a
+ * reference or to replace the entry. */
+static int shared_get(struct http_worker *w, const char *rel, struct fentry **out)
+{
+    uint32_t i = hash(rel) % HTTP_FC_SLOTS;
+    struct fentry **slot = &w->shared->slots[i];
+    pthread_mutex_t *lock = &w->shared->locks[i % HTTP_FC_STRIPES];
+    pthread_mutex_lock(lock);
+    struct fentry *e = fresh(*slot, rel) ? *slot : NULL;
+    if (e)
+        entry_ref(e);
+    pthread_mutex_unlock(lock);
+    if (e && entry_check(w, e)) {
+        *out = e;
+        return 0;
+    }
+    if (e)
+        entry_unref(e);
+    return entry_reopen(w, rel, slot, lock, out);
 }
 
 /* The entry for rel, held (release with entry_release).  Cached entries
@@ -220,43 +286,25 @@ static int entry_check(struct http_worker *w, struct fentry *e)
  * CACHE_VALID_S. */
 static int entry_get(struct http_worker *w, const char *rel, struct fentry **out)
 {
-    struct fentry **slot = NULL, *e = NULL;
-    if (w->cache) {
-        slot = &w->slots[hash(rel) % HTTP_FC_SLOTS];
-        e = *slot;
-        if (e && !strcmp(e->path, rel) && time(NULL) - e->opened < CACHE_VALID_S &&
-            entry_check(w, e)) {
-            e->refs++;
-            *out = e;
-            return 0;
-        }
+    if (w->cache && w->shared)
+        return shared_get(w, rel, out);
+    struct fentry **slot = w->cache ? &w->slots[hash(rel) % HTTP_FC_SLOTS] : NULL;
+    if (slot && fresh(*slot, rel) && entry_check(w, *slot)) {
+        entry_ref(*slot);
+        *out = *slot;
+        return 0;
     }
-    int rc = entry_open(w, rel, &e);
-    if (rc < 0)
-        return rc;
-    e->refs = 1;
-    if (slot && S_ISREG(e->st.st_mode)) {
-        if (*slot) {
-            (*slot)->dead = 1;
-            entry_put(*slot);
-        }
-        *slot = e;
-    } else {
-        e->dead = 1;
-    }
-    *out = e;
-    return 0;
+    return entry_reopen(w, rel, slot, NULL, out);
 }
 
 static void entry_release(struct fentry *e)
 {
-    if (--e->refs == 0 && e->dead)
-        entry_put(e);
+    entry_unref(e);
 }
 
 void http_entry_hold(struct fentry *e)
 {
-    e->refs++;
+    entry_ref(e);
 }
 
 void http_entry_release(void *e)
@@ -664,6 +712,17 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
     } else {
         serve_target(w, r, req);
     }
+}
+
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r)
+{
+    memset(r, 0, offsetof(struct http_resp, small));
+    r->head = r->small;
+    r->head_cap = sizeof r->small;
+    r->fd = -1;
+    r->close = 1;
+    error_page(w, r, req, 503);
 }
 
 void http_resp_done(struct http_worker *w, struct http_resp *r)

@@ -159,15 +159,18 @@ static void handle(iop_conn *c)
 {
     iop_http *http = iop_server_data(iop_conn_server(c));
     struct http_worker local, *w = NULL;
-    /* A coroutine shares its reactor thread's worker (and file cache);
-     * threads and processes come and go, so they get one per connection,
-     * whose cache lives as long as it: a keep-alive client asking for the
-     * same files again pays an fstat, not openat2 + fstat + close. */
+    /* A coroutine shares its reactor thread's worker (and file cache).
+     * Threads come and go, so a connection has a worker of its own (date,
+     * log) but shares the process's file cache: a keep-alive client asking
+     * for the same files again pays an fstat, not openat2 + fstat + close,
+     * and a connection holds a file only while it sends one (a fork child,
+     * one connection, has its copy of the cache). */
     if (iop_server_model(iop_conn_server(c)) == IOP_MODEL_CORO)
         w = http_worker_get(http, NULL);
     if (!w) {
         http_worker_local(&local, http);
         local.cache = 1; /* fstat on every hit: no loop iteration to share it */
+        local.shared = &http->shared;
         w = &local;
     }
     struct bconn b = {.c = c, .w = w, .cap = http->cfg.max_header + 4096};

@@ -137,6 +137,20 @@ static const char *peer_of(struct http_worker *w, iop_stream *s)
     return p->name;
 }
 
+/* Queue r: 0, 1 (the queue is full) or -errno, having sent nothing. */
+static int queue_resp(iop_stream *s, struct http_resp *r)
+{
+    struct iovec iov[2] = {{r->head, r->head_len}, {(void *)(uintptr_t)r->body, r->body_len}};
+    const char *map = r->ent ? http_entry_map(r->ent) : NULL;
+    if (map) {
+        http_entry_hold(r->ent);
+        return iop_stream_writev_ref(s, iov, 1, map + r->off, r->len, http_entry_release, r->ent);
+    }
+    if (r->fd >= 0)
+        return iop_stream_sendfilev(s, iov, 1, r->fd, r->off, r->len, IOP_SENDFILE_DUP);
+    return iop_stream_writev(s, iov, r->body_len ? 2 : 1);
+}
+
 /* Send the response to one head.  0: go on; 1: the queue is full, pause;
  * -1: the stream is ending or closed. */
 static int respond(struct hconn *hc, const struct http_req *req, int err)
@@ -144,24 +158,19 @@ static int respond(struct hconn *hc, const struct http_req *req, int err)
     struct http_worker *w = hc->w;
     struct http_resp r;
     http_respond(w, req, err, hc->stopping, &r);
-    struct iovec iov[2] = {{r.head, r.head_len}, {(void *)(uintptr_t)r.body, r.body_len}};
-    int rc;
-    const char *map = r.ent ? http_entry_map(r.ent) : NULL;
-    if (map) {
-        http_entry_hold(r.ent);
-        rc = iop_stream_writev_ref(hc->s, iov, 1, map + r.off, r.len, http_entry_release, r.ent);
-    } else if (r.fd >= 0)
-        rc = iop_stream_sendfilev(hc->s, iov, 1, r.fd, r.off, r.len, IOP_SENDFILE_DUP);
-    else
-        rc = iop_stream_writev(hc->s, iov, r.body_len ? 2 : 1);
+    int rc = queue_resp(hc->s, &r);
+    if (rc == -EMFILE || rc == -ENFILE || rc == -ENOMEM) {
+        /* The stream had no room to keep the response (a descriptor for
+         * its file, memory for its bytes) and sent none of it: say so. */
+        http_resp_done(w, &r);
+        http_respond_unavailable(w, req, &r);
+        rc = queue_resp(hc->s, &r);
+    }
     http_log(w, peer_of(w, hc->s), req, err, &r);
     int close = r.close;
     http_resp_done(w, &r);
-    if (rc < 0) {
-        iop_stream_close(hc->s);
-        return -1;
-    }
-    if (close) {
+    /* Not even the 503 went: the responses queued before it still do. */
+    if (rc < 0 || close) {
         iop_stream_end(hc->s);
         return -1;
     }
@@ -241,7 +250,7 @@ static size_t feed(struct hconn *hc, const char *p, size_t n)
             /* Its size is known only at its end: answer then (413 if over
              * the limit), so hold on to the head. */
             if (!(hc->held = malloc((size_t)rc))) {
-                iop_stream_close(hc->s);
+                iop_stream_end(hc->s);
                 hc->done = 1;
                 break;
             }
@@ -290,7 +299,10 @@ static int keep(struct hconn *hc, const char *p, size_t n)
     return 0;
 }
 
-/* After feeding: keep the record (and the unused bytes) only if needed. */
+/* After feeding: keep the record (and the unused bytes) only if needed.
+ * Out of memory here (and wherever a connection's state cannot grow), the
+ * connection ends: what is queued is sent first, so no response that went
+ * out in part is cut short. */
 static void settle(struct hconn *hc, struct hconn *heap)
 {
     if (hc->done) {
@@ -309,7 +321,7 @@ static void settle(struct hconn *hc, struct hconn *heap)
     }
     if (!heap) {
         if (!(heap = malloc(sizeof *heap))) {
-            iop_stream_close(hc->s);
+            iop_stream_end(hc->s);
             return;
         }
         *heap = *hc;
@@ -330,7 +342,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t used = feed(&hc, buf, n);
         if (!hc.done && used < n && keep(&hc, buf + used, n - used) < 0) {
             free(hc.buf);
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         settle(&hc, NULL);
@@ -344,7 +356,7 @@ static void on_data(iop_stream *s, const char *buf, size_t n)
         size_t cap = heap->len + n > 2 * heap->cap ? heap->len + n : 2 * heap->cap;
         char *b = realloc(heap->buf, cap);
         if (!b) {
-            iop_stream_close(s);
+            iop_stream_end(s);
             return;
         }
         heap->buf = b;

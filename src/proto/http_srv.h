@@ -13,6 +13,7 @@
 #define IOP_PROTO_HTTP_SRV_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <time.h>
 
 #include "ioplex/proto.h"
@@ -23,21 +24,35 @@
 #define HTTP_FC_SLOTS   256   /* open-file cache entries per worker */
 #define HTTP_MAP_MAX    16384 /* event model: a file this small goes in the head's writev */
 
+#define HTTP_FC_STRIPES 16 /* locks of the shared cache */
+
+/* The open-file cache that the blocking models' connections share (one
+ * per process): an idle connection holds no file, and the files held are
+ * bounded by the slots, not by the connections.  Slot i is guarded by
+ * locks[i % HTTP_FC_STRIPES], held only to look at or replace the slot:
+ * opening and fstat happen outside. */
+struct http_fcache {
+    pthread_mutex_t locks[HTTP_FC_STRIPES];
+    struct fentry *slots[HTTP_FC_SLOTS];
+};
+
 struct iop_http {
     int rootfd;
     struct iop_http_config cfg; /* defaults applied */
     pthread_mutex_t lock;       /* guards workers */
     struct http_worker *workers;
+    struct http_fcache shared;
 };
 
-/* A cached open file.  refs counts responses still sending from fd (the
- * blocking style under coro); an entry replaced while held is closed by
- * its last release. */
+/* A cached open file.  refs counts its holders: the cache slot that keeps
+ * it, and each response still sending from it; the last one closes it.
+ * Atomic, since the blocking models' cache is shared by threads; what
+ * else an entry holds is fixed once it is in a shared cache (a changed
+ * file gets a new entry there). */
 struct fentry {
     char *path;
     int fd;
-    unsigned refs;
-    int dead;
+    atomic_uint refs;
     time_t opened;
     uint64_t epoch; /* the worker's epoch when last checked */
     struct stat st;
@@ -59,8 +74,9 @@ struct http_peer {
 struct http_worker {
     iop_http *http;
     iop_loop *loop; /* event workers: the reactor; else NULL */
-    int cache;      /* the file cache is on */
+    int cache;      /* the file cache is on: slots, or shared when set */
     struct fentry *slots[HTTP_FC_SLOTS];
+    struct http_fcache *shared;
     time_t date_t, clf_t;
     char date[HTTP_DATE_LEN + 1];
     char clf[64];
@@ -120,7 +136,7 @@ void http_entry_release(void *e);
 /* The worker of the calling thread for (http, loop), made on first use. */
 struct http_worker *http_worker_get(iop_http *http, iop_loop *loop);
 /* A worker on the caller's stack (blocking models), without a cache until
- * the caller sets cache: entries then live until http_worker_fini. */
+ * the caller sets cache (and shared, for the process's one). */
 void http_worker_local(struct http_worker *w, iop_http *http);
 void http_worker_fini(struct http_worker *w);
 
@@ -129,6 +145,11 @@ void http_worker_fini(struct http_worker *w);
  * stopping, so the connection closes after this response. */
 void http_respond(struct http_worker *w, const struct http_req *req, int err, int stopping,
                   struct http_resp *r);
+/* A 503 for req (NULL: a refused head), closing the connection: the
+ * response built for it could not be sent for want of descriptors or
+ * memory. */
+void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
+                              struct http_resp *r);
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 

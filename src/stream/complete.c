@@ -24,15 +24,19 @@
 
 #define IOV_BATCH 64
 
+/* The in-flight send.  Part of the extra state, so that a round of the
+ * queue never allocates: a queued response, once accepted, cannot be cut
+ * short by a failed malloc. */
 struct usend {
     iop_op op;
     iop_stream *s;
+    int busy;
     struct msghdr msg;
-    struct iovec iov[];
+    struct iovec iov[IOV_BATCH];
 };
 
 struct comp_extra {
-    struct usend *send;
+    struct usend send;
     struct wchunk *stash;
     iop_op wait; /* POLLOUT: a file (or the bytes before it) met a full socket */
 };
@@ -51,14 +55,25 @@ static struct comp_extra *xget(iop_stream *s)
     return s->u.c.x;
 }
 
-/* Free the extra part once nothing uses it. */
+/* Free the extra part once nothing uses it or will: it stays while bytes
+ * are queued. */
 static void xtrim(iop_stream *s)
 {
     struct comp_extra *x = s->u.c.x;
-    if (x && !x->send && !x->stash && !x->wait.inflight) {
+    if (x && !s->whead && !x->send.busy && !x->stash && !x->wait.inflight) {
         free(x);
         s->u.c.x = NULL;
     }
+}
+
+int iop__comp_reserve(iop_stream *s)
+{
+    return xget(s) ? 0 : -ENOMEM;
+}
+
+void iop__comp_trim(iop_stream *s)
+{
+    xtrim(s);
 }
 
 static void start_tx(iop_stream *s);
@@ -193,9 +208,7 @@ static void send_cb(iop_op *op, int res, unsigned flags)
     struct usend *u = (struct usend *)op;
     iop_stream *s = u->s;
     (void)flags;
-    s->u.c.x->send = NULL;
-    xtrim(s);
-    free(u);
+    u->busy = 0;
     if (s->flags & SF_CLOSING) {
         maybe_done(s);
         return;
@@ -205,11 +218,13 @@ static void send_cb(iop_op *op, int res, unsigned flags)
         return;
     }
     iop__stream_consumed(s, (size_t)res);
+    xtrim(s);
     start_tx(s);
     if (!(s->flags & (SF_CLOSING | SF_FAILED)))
         iop__stream_drained(s);
 }
 
+/* Only with s->u.c.x there: a call that queues made sure of it. */
 static void start_send(iop_stream *s)
 {
     int n = 0;
@@ -220,13 +235,8 @@ static void start_send(iop_stream *s)
      * file's first bytes: one segment, and no Nagle stall behind a lone
      * small one. */
     int more = after && after->is_file ? MSG_MORE : 0;
-    struct comp_extra *x = xget(s);
-    struct usend *u = x ? malloc(sizeof *u + (size_t)n * sizeof(struct iovec)) : NULL;
-    if (!u) {
-        iop__stream_fail(s, -ENOMEM);
-        return;
-    }
-    memset(u, 0, sizeof *u);
+    struct usend *u = &s->u.c.x->send;
+    memset(&u->msg, 0, sizeof u->msg);
     u->s = s;
     int i = 0;
     for (struct wchunk *k = s->whead; i < n; k = k->next)
@@ -243,12 +253,10 @@ static void start_send(iop_stream *s)
         rc = iop_op_sendmsg(s->ctx->loop, &u->op, iop__sfd(s), &u->msg, more, send_cb);
     }
     if (rc < 0) {
-        free(u);
-        xtrim(s);
         iop__stream_fail(s, rc);
         return;
     }
-    x->send = u;
+    u->busy = 1;
 }
 
 /* ---- files: sendfile(2) when the socket has room ------------------------
@@ -275,9 +283,7 @@ static void wait_cb(iop_op *op, int res, unsigned flags)
 
 static int wait_room(iop_stream *s)
 {
-    struct comp_extra *x = xget(s);
-    if (!x)
-        return -ENOMEM;
+    struct comp_extra *x = s->u.c.x; /* queued bytes keep it */
     x->wait.data = s;
     return iop_op_poll(s->ctx->loop, &x->wait, iop__sfd(s), POLLOUT, wait_cb);
 }
@@ -354,7 +360,7 @@ static void tx_now(iop_stream *s)
 /* Next round of the queue, if none is in flight. */
 static void start_tx(iop_stream *s)
 {
-    if (!s->whead || xt(s)->send || xt(s)->wait.inflight)
+    if (!s->whead || xt(s)->send.busy || xt(s)->wait.inflight)
         return;
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
@@ -383,7 +389,7 @@ void iop__comp_pending(iop_stream *s)
 
 static int busy(const iop_stream *s)
 {
-    return (s->flags & SF_RECV_ARMED) || xt(s)->send || xt(s)->wait.inflight;
+    return (s->flags & SF_RECV_ARMED) || xt(s)->send.busy || xt(s)->wait.inflight;
 }
 
 int iop__comp_busy(const iop_stream *s)
@@ -410,8 +416,8 @@ void iop__comp_close(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
-    if (xt(s)->send)
-        (void)iop_op_cancel(&xt(s)->send->op);
+    if (xt(s)->send.busy)
+        (void)iop_op_cancel(&s->u.c.x->send.op);
     if (xt(s)->wait.inflight)
         (void)iop_op_cancel(&s->u.c.x->wait);
     maybe_done(s);

@@ -5,6 +5,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -49,6 +50,7 @@ int iop_stream_ctx_new(iop_loop *loop, const struct iop_stream_config *cfg, iop_
         ctx->cfg.ring_buffers = 512;
     iop_timer_init(&ctx->idle_timer, idle_tick);
     ctx->idle_timer.data = ctx;
+    ctx->spare_fd = -1;
     sigpipe_ignore();
     ctx->defer.data = ctx;
     *out = ctx;
@@ -69,6 +71,8 @@ int iop_stream_ctx_free(iop_stream_ctx *ctx)
         ctx->spare = c->next;
         free(c);
     }
+    if (ctx->spare_fd >= 0)
+        close(ctx->spare_fd);
     free(ctx->pending);
     free(ctx->rbuf);
     free(ctx);
@@ -183,19 +187,29 @@ static void idle_start(iop_stream_ctx *ctx)
  * an error found inside write) or that batches better before the loop
  * waits (a flush of several writes) goes through one defer per context. */
 
+/* Room made when a stream opens, so that pending one cannot fail: a write
+ * on the completion engine (and an error found inside a call) only goes on
+ * from here.  A stream is listed once, but while the list runs, its run
+ * part (up to every stream) still sits before what is pended meanwhile:
+ * two places per stream. */
+static int pending_room(iop_stream_ctx *ctx)
+{
+    if (2 * (ctx->count + 1) <= ctx->cappending)
+        return 0;
+    size_t cap = ctx->cappending ? ctx->cappending * 2 : 64;
+    iop_stream **p = realloc(ctx->pending, cap * sizeof *p);
+    if (!p)
+        return -ENOMEM;
+    ctx->pending = p;
+    ctx->cappending = cap;
+    return 0;
+}
+
 void iop__stream_pend(iop_stream *s)
 {
     if (s->flags & SF_PENDING)
         return;
     iop_stream_ctx *ctx = s->ctx;
-    if (ctx->npending == ctx->cappending) {
-        size_t cap = ctx->cappending ? ctx->cappending * 2 : 64;
-        iop_stream **p = realloc(ctx->pending, cap * sizeof *p);
-        if (!p)
-            return; /* the stream stays unflagged; its next event retries */
-        ctx->pending = p;
-        ctx->cappending = cap;
-    }
     s->flags |= SF_PENDING;
     ctx->pending[ctx->npending++] = s;
     (void)iop_defer_start(ctx->loop, &ctx->defer, pending_run);
@@ -256,6 +270,10 @@ int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out)
         int rc = -errno;
         close(fd);
         return rc;
+    }
+    if (pending_room(ctx) < 0) {
+        close(fd);
+        return -ENOMEM;
     }
     /* A readiness stream never touches the completion members: allocating
      * only up to its io watcher keeps an idle connection small. */
@@ -396,38 +414,111 @@ static struct wchunk *chunk_new(iop_stream_ctx *ctx, size_t cap)
     return c;
 }
 
-static int queue_bytes(iop_stream *s, const char *p, size_t len)
+/* ---- what a call needs, taken before its first byte goes out ----------
+ * A write call either takes all it is given (sent or queued) or fails
+ * having sent none of it: a response head that left before the queue could
+ * take its body would promise bytes the connection never delivers.  So the
+ * chunks a call may queue are allocated first, and a file that may outlive
+ * the call has a descriptor waiting for it (spare_ready, fd_keep). */
+struct wres {
+    struct wchunk *room; /* chunks for the call's bytes */
+    struct wchunk *item; /* the entry of the lent range or the file */
+};
+
+static size_t tail_room(const iop_stream *s)
 {
-    struct wchunk *t = s->wtail;
-    if (t && !t->is_file && !t->is_ref && t->cap > t->len) {
-        size_t room = t->cap - t->len;
-        size_t n = len < room ? len : room;
+    const struct wchunk *t = s->wtail;
+    return t && !t->is_file && !t->is_ref ? t->cap - t->len : 0;
+}
+
+static void res_free(iop_stream *s, struct wres *r)
+{
+    while (r->room) {
+        struct wchunk *c = r->room;
+        r->room = c->next;
+        iop__chunk_free(s->ctx, c);
+    }
+    free(r->item);
+    r->item = NULL;
+    if (s->ctx->completion)
+        iop__comp_trim(s);
+}
+
+/* Room for total bytes beyond what the tail chunk has, an entry if item,
+ * and the completion engine's send state. */
+static int res_take(iop_stream *s, size_t total, int item, struct wres *r)
+{
+    *r = (struct wres){0};
+    size_t room = tail_room(s), need = total > room ? total - room : 0;
+    struct wchunk **pp = &r->room;
+    while (need) {
+        size_t cap = need > CHUNK_MIN ? need : CHUNK_MIN;
+        if (cap > UINT32_MAX / 2)
+            cap = UINT32_MAX / 2;
+        if (!(*pp = chunk_new(s->ctx, cap)))
+            goto nomem;
+        need -= cap < need ? cap : need;
+        pp = &(*pp)->next;
+    }
+    if (item && !(r->item = calloc(1, sizeof *r->item)))
+        goto nomem;
+    if (s->ctx->completion && iop__comp_reserve(s) < 0)
+        goto nomem;
+    return 0;
+nomem:
+    res_free(s, r);
+    return -ENOMEM;
+}
+
+/* A descriptor kept for the moment a file must outlive the call: when
+ * dup() then meets EMFILE, dup3() puts the file on the spare's number.
+ * An eventfd: it needs no file system and holds nothing open. */
+static int spare_ready(iop_stream_ctx *ctx)
+{
+    if (ctx->spare_fd < 0 && (ctx->spare_fd = eventfd(0, EFD_CLOEXEC)) < 0)
+        return -errno;
+    return 0;
+}
+
+/* *fd becomes the stream's own copy of it.  -errno. */
+static int fd_keep(iop_stream_ctx *ctx, int *fd)
+{
+    int d = fcntl(*fd, F_DUPFD_CLOEXEC, 0);
+    if (d < 0 && ctx->spare_fd >= 0) {
+        if (dup3(*fd, ctx->spare_fd, O_CLOEXEC) < 0)
+            return -errno;
+        d = ctx->spare_fd;
+        ctx->spare_fd = -1;
+        (void)spare_ready(ctx); /* the next one, if there is one to be had */
+    }
+    if (d < 0)
+        return -errno;
+    *fd = d;
+    return 0;
+}
+
+/* Copy bytes into the tail's room, then into reserved chunks. */
+static void queue_bytes(iop_stream *s, const char *p, size_t len, struct wres *r)
+{
+    while (len) {
+        struct wchunk *t = s->wtail;
+        if (!tail_room(s)) {
+            t = r->room;
+            r->room = t->next;
+            t->next = NULL;
+            if (s->wtail)
+                s->wtail->next = t;
+            else
+                s->whead = t;
+            s->wtail = t;
+        }
+        size_t room = t->cap - t->len, n = len < room ? len : room;
         memcpy(t->data + t->len, p, n);
         t->len += (uint32_t)n;
         s->queued += n;
         p += n;
         len -= n;
     }
-    while (len) {
-        size_t cap = len > CHUNK_MIN ? len : CHUNK_MIN;
-        if (cap > UINT32_MAX / 2)
-            cap = UINT32_MAX / 2;
-        struct wchunk *c = chunk_new(s->ctx, cap);
-        if (!c)
-            return -ENOMEM;
-        size_t n = len < cap ? len : cap;
-        c->len = (uint32_t)n;
-        memcpy(c->data, p, n);
-        if (s->wtail)
-            s->wtail->next = c;
-        else
-            s->whead = c;
-        s->wtail = c;
-        s->queued += n;
-        p += n;
-        len -= n;
-    }
-    return 0;
 }
 
 static int write_state(iop_stream *s)
@@ -465,18 +556,23 @@ static void queue_append(iop_stream *s, struct wchunk *c, size_t len)
     s->queued += len;
 }
 
+static size_t iov_total(const struct iovec *iov, int iovcnt)
+{
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    return total;
+}
+
 /* Queue the unsent part of iov (sent bytes were taken already). */
-static int queue_iov(iop_stream *s, const struct iovec *iov, int iovcnt, size_t sent)
+static void queue_iov(iop_stream *s, const struct iovec *iov, int iovcnt, size_t sent,
+                      struct wres *r)
 {
     for (int i = 0; i < iovcnt; i++) {
         size_t skip = sent < iov[i].iov_len ? sent : iov[i].iov_len;
         sent -= skip;
-        int rc;
-        if (iov[i].iov_len > skip &&
-            (rc = queue_bytes(s, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip)) < 0)
-            return rc;
+        queue_bytes(s, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip, r);
     }
-    return 0;
 }
 
 static void queued_kick(iop_stream *s)
@@ -494,18 +590,19 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     int rc = write_state(s);
     if (rc < 0)
         return rc;
+    struct wres r;
+    if ((rc = res_take(s, iov_total(iov, iovcnt), 0, &r)) < 0)
+        return rc;
     size_t sent = 0;
     /* Write first, wait later: with nothing queued, the kernel usually
      * takes the whole reply now and nothing is copied. */
-    if (!s->whead && !s->ctx->completion) {
-        rc = iop__try_write(s, iov, iovcnt, 0, &sent);
-        if (rc < 0) {
-            fail_later(s, rc);
-            return 0;
-        }
+    if (!s->whead && !s->ctx->completion && (rc = iop__try_write(s, iov, iovcnt, 0, &sent)) < 0) {
+        res_free(s, &r);
+        fail_later(s, rc);
+        return 0;
     }
-    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0)
-        return rc;
+    queue_iov(s, iov, iovcnt, sent, &r);
+    res_free(s, &r);
     queued_kick(s);
     return full_check(s);
 }
@@ -525,26 +622,27 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
         return rc < 0 ? rc : -EINVAL;
     }
     struct iovec all[REF_IOV_MAX];
-    size_t total = 0, sent = 0;
+    size_t total = iov_total(iov, iovcnt), sent = 0;
     for (int i = 0; i < iovcnt; i++)
-        total += (all[i] = iov[i]).iov_len;
+        all[i] = iov[i];
     all[iovcnt] = (struct iovec){(void *)(uintptr_t)ref, ref_len};
+    struct wres r;
+    if ((rc = res_take(s, total, ref_len > 0, &r)) < 0) {
+        release(arg);
+        return rc;
+    }
     if (!s->whead && !s->ctx->completion &&
         (rc = iop__try_write(s, all, iovcnt + 1, 0, &sent)) < 0) {
+        res_free(s, &r);
         release(arg);
         fail_later(s, rc);
         return 0;
     }
     size_t ref_sent = sent > total ? sent - total : 0;
-    struct wchunk *c = NULL;
-    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0 ||
-        (ref_sent < ref_len && !(c = calloc(1, sizeof *c)))) {
-        release(arg);
-        return rc < 0 ? rc : -ENOMEM;
-    }
-    if (!c) {
-        release(arg);
-    } else {
+    queue_iov(s, iov, iovcnt, sent, &r);
+    if (ref_sent < ref_len) {
+        struct wchunk *c = r.item;
+        r.item = NULL;
         c->is_ref = 1;
         c->ref = ref;
         c->len = (uint32_t)ref_len;
@@ -552,7 +650,10 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
         c->release = release;
         c->release_arg = arg;
         queue_append(s, c, ref_len - ref_sent);
+    } else {
+        release(arg);
     }
+    res_free(s, &r);
     queued_kick(s);
     return full_check(s);
 }
@@ -563,25 +664,15 @@ static void file_release(int fd, unsigned flags)
         close(fd);
 }
 
-static int queue_file(iop_stream *s, int fd, off_t off, size_t len, unsigned flags)
+static void queue_file(iop_stream *s, struct wchunk *c, int fd, off_t off, size_t len,
+                       unsigned flags)
 {
-    if ((flags & (IOP_SENDFILE_DUP | IOP_SENDFILE_CLOSE)) == IOP_SENDFILE_DUP) {
-        if ((fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0)
-            return -errno;
-        flags |= IOP_SENDFILE_CLOSE;
-    }
-    struct wchunk *c = calloc(1, sizeof *c);
-    if (!c) {
-        file_release(fd, flags);
-        return -ENOMEM;
-    }
     c->is_file = 1;
     c->file_close = (flags & IOP_SENDFILE_CLOSE) != 0;
     c->file_fd = fd;
     c->file_off = off;
     c->file_len = len;
     queue_append(s, c, len);
-    return 0;
 }
 
 /* An empty queue: the head with MSG_MORE, then the file, at once, on either
@@ -599,6 +690,22 @@ static int sendfile_now(iop_stream *s, const struct iovec *iov, int iovcnt, size
     return *len ? iop__try_sendfile(s, fd, off, len) : 0;
 }
 
+/* IOP_SENDFILE_DUP: a file queued behind other bytes is kept (dup) before
+ * anything is queued; one sent at once needs its copy only if the socket
+ * fills, so a spare descriptor is made sure of instead (no system call
+ * while it lasts). */
+static int sendfile_fd_first(iop_stream *s, int *fd, unsigned *flags)
+{
+    if ((*flags & (IOP_SENDFILE_DUP | IOP_SENDFILE_CLOSE)) != IOP_SENDFILE_DUP)
+        return 0;
+    if (!s->whead)
+        return spare_ready(s->ctx);
+    int rc = fd_keep(s->ctx, fd);
+    if (rc == 0)
+        *flags |= IOP_SENDFILE_CLOSE;
+    return rc;
+}
+
 int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int file_fd,
                          off_t offset, size_t len, unsigned flags)
 {
@@ -607,25 +714,37 @@ int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int
         file_release(file_fd, flags);
         return rc < 0 ? rc : -EINVAL;
     }
-    size_t total = 0, sent = 0;
-    for (int i = 0; i < iovcnt; i++)
-        total += iov[i].iov_len;
+    size_t total = iov_total(iov, iovcnt), sent = 0;
+    struct wres r;
+    if ((rc = res_take(s, total, len > 0, &r)) < 0 ||
+        (len && (rc = sendfile_fd_first(s, &file_fd, &flags)) < 0)) {
+        res_free(s, &r);
+        file_release(file_fd, flags);
+        return rc;
+    }
     if (!s->whead && (total || len)) {
         rc = sendfile_now(s, iov, iovcnt, total, &sent, file_fd, &offset, &len);
+        /* The copy for what the socket would not take: the spare makes
+         * sure of it, short of dup3 failing. */
+        if (rc == 0 && len &&
+            (flags & (IOP_SENDFILE_DUP | IOP_SENDFILE_CLOSE)) == IOP_SENDFILE_DUP &&
+            (rc = fd_keep(s->ctx, &file_fd)) == 0)
+            flags |= IOP_SENDFILE_CLOSE;
         if (rc < 0) {
+            res_free(s, &r);
             file_release(file_fd, flags);
             fail_later(s, rc);
             return 0;
         }
     }
-    if ((rc = queue_iov(s, iov, iovcnt, sent)) < 0) {
+    queue_iov(s, iov, iovcnt, sent, &r);
+    if (!len) {
         file_release(file_fd, flags);
-        return rc;
+    } else {
+        queue_file(s, r.item, file_fd, offset, len, flags);
+        r.item = NULL;
     }
-    if (!len)
-        file_release(file_fd, flags);
-    else if ((rc = queue_file(s, file_fd, offset, len, flags)) < 0)
-        return rc;
+    res_free(s, &r);
     queued_kick(s);
     return full_check(s);
 }

@@ -85,6 +85,7 @@ struct iop_stream_ctx {
     iop_timer idle_timer;
     struct wchunk *spare; /* freed CHUNK_MIN chunks kept for reuse */
     unsigned nspare;
+    int spare_fd;         /* kept for a file that must outlive its call */
     iop_stream **pending; /* streams with deferred work */
     size_t npending, cappending;
     iop_defer defer;
@@ -126,5 +127,10 @@ void iop__comp_read_stop(iop_stream *s);
 void iop__comp_pending(iop_stream *s);
 void iop__comp_close(iop_stream *s);
 int iop__comp_busy(const iop_stream *s);
+/* The send state a queued write needs, allocated before the call sends or
+ * queues anything (-ENOMEM), so that no round of the queue allocates; and
+ * freed again when nothing was queued. */
+int iop__comp_reserve(iop_stream *s);
+void iop__comp_trim(iop_stream *s);
 
 #endif

@@ -90,13 +90,15 @@ _case = threading.local()  # .servers: the servers the running case started
 class Server:
     """`ioplex COMMAND -l ADDR... --grace GRACE ARGS` (listening on port 0);
     addrs holds the `listening` ADDRs, addr the first.  user runs it as that
-    user (and group), cwd in that directory.  As a context manager it stops
+    user (and group), cwd in that directory, preexec is called in the child
+    before it runs (resource.setrlimit, say).  As a context manager it stops
     the server with SIGTERM on the way out and requires exit status 0 and no
     sanitizer report."""
 
     err_tail = None  # how much of stderr a wrong exit status shows (None: all)
 
-    def __init__(self, command, *args, listen=("127.0.0.1:0",), grace="3", cwd=None, user=None):
+    def __init__(self, command, *args, listen=("127.0.0.1:0",), grace="3", cwd=None, user=None,
+                 preexec=None):
         if hasattr(_case, "servers"):
             _case.servers.append(self)
         self.stopped = False  # a stop was asked for (kill_with)
@@ -105,6 +107,8 @@ class Server:
         kw = {}
         if user is not None:
             kw = dict(user=user, group=user, extra_groups=[])
+        if preexec is not None:
+            kw["preexec_fn"] = preexec
         self.p = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, cwd=cwd, **kw)
         self.pid = self.p.pid

@@ -1170,6 +1170,153 @@ IOP_TEST_BOTH(sendfilev_dup)
     iop_test_loop_free(l);
 }
 
+/* ---- out of descriptors: all of a call, or none of it ------------------- */
+
+/* Lower the soft RLIMIT_NOFILE to the lowest free descriptor, so that none
+ * can be made (fd: any open one); returns the limit to restore. */
+static rlim_t nofile_exhaust(int fd)
+{
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    int lowest = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    CHECK(lowest >= 0);
+    close(lowest);
+    rlim_t old = rl.rlim_cur;
+    rl.rlim_cur = (rlim_t)lowest;
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+    CHECK(fcntl(fd, F_DUPFD_CLOEXEC, 0) < 0 && errno == EMFILE);
+    return old;
+}
+
+static void nofile_restore(rlim_t cur)
+{
+    struct rlimit rl;
+    CHECK(getrlimit(RLIMIT_NOFILE, &rl) == 0);
+    rl.rlim_cur = cur;
+    CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0);
+}
+
+/* A response (header + the whole file, IOP_SENDFILE_DUP) larger than the
+ * socket takes, at EMFILE.  Without a descriptor to keep the file on, the
+ * call must fail having sent nothing: not the head and part of the body,
+ * which a client would read as a response cut short.  A spare descriptor
+ * made by an earlier call carries the next one whole (on the spare's
+ * number); the call after that fails again, queueing none of itself.  The
+ * stream goes on each time: the peer gets exactly the two that went. */
+IOP_TEST_BOTH(sendfilev_out_of_fds)
+{
+    iop_loop *l = iop_test_loop(be);
+    int fd = make_file();
+    struct iop_stream_config cfg = conn_config();
+    iop_stream_ctx *ctx = new_ctx(l, &cfg);
+    int sv[2];
+    make_pair(kind, sv);
+    small_bufs(sv, 16 * 1024);
+    struct conn c = {0};
+    conn_open(ctx, &cfg, &c, sv[0]);
+    unsigned char header[1000];
+    fill(header, 82, 0, sizeof header);
+    struct iovec h = {header, sizeof header};
+    size_t one = sizeof header + FILE_SIZE, total = 2 * one;
+    unsigned char *expect = malloc(total), *got = malloc(total);
+    CHECK(expect && got);
+    for (size_t at = 0; at < total; at += one) {
+        memcpy(expect + at, header, sizeof header);
+        fill(expect + at + sizeof header, 81, 0, FILE_SIZE);
+    }
+    struct peer p;
+    peer_keep(l, &p, sv[1], got, total);
+
+    rlim_t cur = nofile_exhaust(fd);
+    CHECK_EQ(iop_stream_sendfilev(c.s, &h, 1, fd, 0, FILE_SIZE, IOP_SENDFILE_DUP), -EMFILE);
+    CHECK_EQ(iop_stream_queued(c.s), 0);
+    nofile_restore(cur);
+    settle(l, 20);
+    CHECK_EQ(p.got, 0);
+
+    int rc = iop_stream_sendfilev(c.s, &h, 1, fd, 0, FILE_SIZE, IOP_SENDFILE_DUP);
+    CHECK(rc == 0 || rc == 1);
+    note_full(&c, rc);
+    WAIT_FOR(l, iop_stream_queued(c.s) == 0, 20000);
+
+    cur = nofile_exhaust(fd);
+    rc = iop_stream_sendfilev(c.s, &h, 1, fd, 0, FILE_SIZE, IOP_SENDFILE_DUP);
+    CHECK(rc == 0 || rc == 1);
+    note_full(&c, rc);
+    size_t queued = iop_stream_queued(c.s);
+    CHECK(queued > 0); /* the socket was full: the file is kept on the spare */
+    CHECK_EQ(iop_stream_sendfilev(c.s, &h, 1, fd, 0, FILE_SIZE, IOP_SENDFILE_DUP), -EMFILE);
+    CHECK_EQ(iop_stream_queued(c.s), queued);
+    nofile_restore(cur);
+
+    CHECK_OK(iop_stream_shutdown(c.s));
+    expect_got(l, &p, got, expect, total);
+    CHECK_EQ(c.errs, 0);
+    pair_case_end(l, ctx, &c, &p, sv[1], expect, got);
+    close(fd);
+    iop_test_loop_free(l);
+}
+
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+#define UNDER_SANITIZER 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+#define UNDER_SANITIZER 1
+#endif
+#endif
+
+/* Out of memory: a write the queue could not take must not have sent part
+ * of itself first.  RLIMIT_AS just above what the process maps makes the
+ * queue's allocation for a 64 MiB write fail: -ENOMEM, nothing sent, and
+ * the stream goes on.  (Sanitizers map shadow memory: skipped there.) */
+IOP_TEST_BOTH(write_out_of_memory)
+{
+#ifdef UNDER_SANITIZER
+    (void)be;
+    (void)kind;
+    IOP_SKIP("RLIMIT_AS and a sanitizer's shadow memory");
+#else
+    iop_loop *l = iop_test_loop(be);
+    struct iop_stream_config cfg = conn_config();
+    iop_stream_ctx *ctx = new_ctx(l, &cfg);
+    int sv[2];
+    make_pair(kind, sv);
+    small_bufs(sv, 16 * 1024);
+    struct conn c = {0};
+    conn_open(ctx, &cfg, &c, sv[0]);
+    size_t big = 64 * MiB, total = 1000;
+    unsigned char *buf = malloc(big), *expect = malloc(total), *got = malloc(total);
+    CHECK(buf && expect && got);
+    fill(buf, 87, 0, big);
+    fill(expect, 87, 0, total);
+    struct peer p;
+    peer_keep(l, &p, sv[1], got, total);
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long pages = 0;
+    CHECK(f && fscanf(f, "%lu", &pages) == 1);
+    fclose(f);
+    struct rlimit rl, old;
+    CHECK(getrlimit(RLIMIT_AS, &old) == 0);
+    rl = old;
+    rl.rlim_cur = (rlim_t)pages * (rlim_t)sysconf(_SC_PAGESIZE) + 8 * MiB;
+    CHECK(setrlimit(RLIMIT_AS, &rl) == 0);
+    int rc = iop_stream_write(c.s, buf, big);
+    CHECK(setrlimit(RLIMIT_AS, &old) == 0);
+    CHECK_EQ(rc, -ENOMEM);
+    CHECK_EQ(iop_stream_queued(c.s), 0);
+    settle(l, 20);
+    CHECK_EQ(p.got, 0);
+    rc = iop_stream_write(c.s, buf, total);
+    CHECK(rc == 0 || rc == 1);
+    CHECK_OK(iop_stream_shutdown(c.s));
+    expect_got(l, &p, got, expect, total);
+    CHECK_EQ(c.errs, 0);
+    pair_case_end(l, ctx, &c, &p, sv[1], expect, got);
+    free(buf);
+    iop_test_loop_free(l);
+#endif
+}
+
 /* Small kernel buffers: the range waits for room again and again (on
  * io_uring, a poll request each time) and resumes where it stopped; both the
  * range sent at once and the one queued behind a write. */
