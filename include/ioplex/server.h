@@ -140,9 +140,8 @@ int iop_server_adopt(iop_server *srv, int fd);
 size_t iop_server_listeners(const iop_server *srv);
 /* Listener i speaks TLS with tls (a server context, which must outlive the
  * server): the handshake runs before verify, and the handler's calls read
- * and write plaintext.  For now the blocking-style models (iterative,
- * thread, fork, coro) serve TLS; iop_server_run refuses the event model
- * with -ENOTSUP.  -EINVAL: no such stream listener, or a client context. */
+ * and write plaintext, in every model.  -EINVAL: no such stream listener,
+ * or a client context. */
 int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls);
 /* The real address of listener i (port 0 resolved): the `listening` line. */
 int iop_server_addr(const iop_server *srv, size_t i, iop_addr *out);

@@ -265,7 +265,7 @@ static int tls_marked(const char *addr)
 /* The server context from --tls-cert/--tls-key, made before anything is
  * bound so that a bad pair is one line and exit 2 with nothing printed on
  * stdout; *ctx stays NULL without TLS. */
-static int tls_setup(const char *prog, const struct serve_opts *o, int model, iop_tls_ctx **ctx)
+static int tls_setup(const char *prog, const struct serve_opts *o, iop_tls_ctx **ctx)
 {
     int marked = 0;
     for (size_t i = 0; i < o->nlisten; i++)
@@ -279,13 +279,6 @@ static int tls_setup(const char *prog, const struct serve_opts *o, int model, io
     }
     if (!o->tls_cert || !o->tls_key) {
         fprintf(stderr, "%s: --tls-cert and --tls-key go together\n", prog);
-        return -1;
-    }
-    if (model == IOP_MODEL_EVENT) {
-        fprintf(stderr,
-                "%s: TLS is not served under --model event yet; use --model thread, "
-                "fork, iterative or coro\n",
-                prog);
         return -1;
     }
     struct iop_tls_server_config cfg = {.cert_file = o->tls_cert,
@@ -363,7 +356,7 @@ int serve_run(const char *prog, const struct serve_opts *o, const struct iop_ser
     if (probe_backend(prog, o, cfg) < 0)
         return CLI_USAGE;
     iop_tls_ctx *tls;
-    if (tls_setup(prog, o, cfg->model, &tls) < 0)
+    if (tls_setup(prog, o, &tls) < 0)
         return CLI_USAGE;
     iop_server *srv;
     if (server_create(prog, o, cfg, &srv) < 0) {

@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -53,19 +54,30 @@ static int pull(iop_conn *c)
     return n < 0 ? (int)n : 0;
 }
 
-static void log_failure(iop_conn *c, int rc)
+void iop__server_tls_log(iop_server *srv, int fd, const char *why, int rc)
 {
-    _Atomic long *last = c->srv->tls_log_last;
-    long now = (long)time(NULL), prev = atomic_load(last);
+    _Atomic long *last = srv->tls_log_last;
+    long now = (long)time(NULL), prev = last ? atomic_load(last) : now;
     if (rc == -ECANCELED || prev == now || !atomic_compare_exchange_strong(last, &prev, now))
         return;
     iop_addr peer;
+    memset(&peer, 0, sizeof peer);
+    socklen_t len = sizeof peer.u;
     char who[IOP_ADDR_STRLEN] = "?";
-    if (iop_conn_peer(c, &peer) == 0)
+    if (getpeername(fd, &peer.u.sa, &len) == 0) {
+        peer.len = len;
+        peer.kind = peer.u.sa.sa_family == AF_UNIX ? IOP_ADDR_UNIX : IOP_ADDR_TCP;
         iop_addr_format(&peer, who, sizeof who);
-    const char *why = rc == -ETIMEDOUT ? "timed out" : iop_tls_why(c->tls);
-    iop__server_log(c->srv, "tls: handshake with %s failed: %s (at most one such line a second)",
-                    who, why ? why : iop_strerror(rc));
+    }
+    if (rc == -ETIMEDOUT)
+        why = "timed out";
+    iop__server_log(srv, "tls: handshake with %s failed: %s (at most one such line a second)", who,
+                    why ? why : iop_strerror(rc));
+}
+
+static void log_failure(iop_conn *c, int rc)
+{
+    iop__server_tls_log(c->srv, c->fd, iop_tls_why(c->tls), rc);
 }
 
 int iop__conn_tls_start(iop_conn *c, iop_tls_ctx *ctx)

@@ -217,18 +217,6 @@ int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls)
     return 0;
 }
 
-/* The event model reads and writes streams, which have no TLS transport
- * yet. */
-static int tls_unsupported(const iop_server *srv)
-{
-    if (srv->cfg.model != IOP_MODEL_EVENT)
-        return 0;
-    for (size_t i = 0; i < srv->nls; i++)
-        if (srv->ls[i].tls)
-            return 1;
-    return 0;
-}
-
 size_t iop_server_listeners(const iop_server *srv)
 {
     return srv->nls;
@@ -455,8 +443,6 @@ int iop_server_run(iop_server *srv)
         return -EINVAL;
     if (!srv->nls)
         return -EDESTADDRREQ;
-    if (tls_unsupported(srv))
-        return -ENOTSUP;
     srv->running = 1;
     int rc = srv->nprocs ? supervise(srv) : run_model(srv);
     srv->running = 0;

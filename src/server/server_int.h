@@ -77,6 +77,9 @@ int iop__listener_fd(const iop_server *srv, size_t i, unsigned w);
 void iop__server_refuse(iop_server *srv, unsigned w);
 
 /* Log a line through cfg.log (printf-style). */
+/* A failed handshake on fd, logged at most once a second across the
+ * server's threads and processes (the event model's too). */
+void iop__server_tls_log(iop_server *srv, int fd, const char *why, int rc);
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -4,8 +4,7 @@
 Certificates (ECDSA P-256 and RSA, an encrypted key) are made by the openssl
 command into the scratch directory; none is committed.  Clients: python's
 ssl module, curl --cacert and `openssl s_client`.  Every backend x model
-that serves TLS runs an HTTP download and a raw echo; the event model is
-refused with exit 2 until streams get a TLS transport."""
+runs an HTTP download, keep-alive and a raw echo."""
 import os
 import re
 import shutil
@@ -21,7 +20,7 @@ import harness
 from harness import BACKENDS, MODELS, T, Fail, Skip, check, tmp_path
 
 URING = True
-TLS_MODELS = [m for m in MODELS if m != "event"]
+TLS_MODELS = MODELS
 C = {}  # name -> path of the certificates and keys
 
 
@@ -144,13 +143,6 @@ def combo(backend, model):
             check(bytes(got) == msg, "echo: bytes differ")
 
 
-def event_refused():
-    r = subprocess.run([harness.EXE, "http", C["root"], "-l", "127.0.0.1:0", *tls_args()],
-                       capture_output=True, text=True, timeout=T)
-    check(r.returncode == 2 and r.stdout == "" and len(r.stderr.splitlines()) == 1,
-          f"exit {r.returncode} {r.stdout!r} {r.stderr!r}")
-
-
 def bad(args, word):
     r = subprocess.run([harness.EXE, "http", C["root"], "-l", "127.0.0.1:0", "--model", "thread",
                         *args], capture_output=True, text=True, timeout=T)
@@ -234,9 +226,9 @@ def t_old_versions_refused():
             check(get(srv.addr, "/small.txt", ctx=ctx)[1] == b"hello over tls\n", f"{v}")
 
 
-def t_resumption():
+def resumption(model):
     for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
-        with Http("--model", "thread", *tls_args(), "--quiet") as srv:
+        with Http("--model", model, *tls_args(), "--quiet") as srv:
             ctx = client_ctx()
             ctx.maximum_version = v
             session = None
@@ -284,11 +276,11 @@ def garbage_and_stall(model):
             check(s.recv(100) == b"after\n", "served after the stall")
 
 
-def t_reload():
-    cert, key = tmp_path("live.crt"), tmp_path("live.key")
+def reload(model):
+    cert, key = tmp_path(f"live-{model}.crt"), tmp_path(f"live-{model}.key")
     shutil.copy(C["ec.crt"], cert)
     shutil.copy(C["ec.key"], key)
-    with Echo("--model", "thread", "--tls-cert", cert, "--tls-key", key) as srv:
+    with Echo("--model", model, "--tls-cert", cert, "--tls-key", key) as srv:
         old = connect(srv.addr)
         old.sendall(b"one\n")
         check(old.recv(10) == b"one\n", "before reload")
@@ -308,28 +300,30 @@ def t_reload():
                     errors.append(repr(e))
         th = threading.Thread(target=traffic, daemon=True)
         th.start()
-        # a bad pair: the old one stays, and a line says why
-        shutil.copy(C["rsa.crt"], cert)
-        srv.kill_with(signal.SIGHUP)
-        srv.wait_stderr("the old pair stays")
-        connect(srv.addr).close()  # still the EC certificate
-        # a good pair: new handshakes get it
-        shutil.copy(C["rsa.key"], key)
-        srv.kill_with(signal.SIGHUP)
-        srv.wait_stderr("reloaded")
-        with connect(srv.addr, ctx=client_ctx("rsa")) as s:
-            s.sendall(b"two\n")
-            check(s.recv(10) == b"two\n", "after reload")
         try:
-            connect(srv.addr).close()
-            raise Fail("the old certificate is still served")
-        except ssl.SSLError:
-            pass
-        old.sendall(b"three\n")
-        check(old.recv(10) == b"three\n", "the connection from before goes on")
-        old.close()
-        stop.set()
-        th.join(T)
+            # a bad pair: the old one stays, and a line says why
+            shutil.copy(C["rsa.crt"], cert)
+            srv.kill_with(signal.SIGHUP)
+            srv.wait_stderr("the old pair stays")
+            connect(srv.addr).close()  # still the EC certificate
+            # a good pair: new handshakes get it
+            shutil.copy(C["rsa.key"], key)
+            srv.kill_with(signal.SIGHUP)
+            srv.wait_stderr("reloaded")
+            with connect(srv.addr, ctx=client_ctx("rsa")) as s:
+                s.sendall(b"two\n")
+                check(s.recv(10) == b"two\n", "after reload")
+            try:
+                connect(srv.addr).close()
+                raise Fail("the old certificate is still served")
+            except ssl.SSLError:
+                pass
+            old.sendall(b"three\n")
+            check(old.recv(10) == b"three\n", "the connection from before goes on")
+            old.close()
+        finally:
+            stop.set()
+            th.join(T)
         check(not errors, f"traffic during reloads: {errors[:3]}")
 
 
@@ -338,14 +332,14 @@ def rss_kib(pid):
         return int(re.search(r"VmRSS:\s+(\d+)", f.read()).group(1))
 
 
-def t_slow_reader_and_truncation():
-    path = os.path.join(C["root"], "huge.bin")
+def slow_reader_and_truncation(model, backend):
+    path = os.path.join(C["root"], f"huge-{model}-{backend}.bin")
     with open(path, "wb") as f:
         f.truncate(64 << 20)
-    with Http("--model", "thread", *tls_args(), "--quiet") as srv:
+    with Http("--model", model, *BACKENDS[backend], *tls_args(), "--quiet") as srv:
         base = rss_kib(srv.pid)
         s = connect(srv.addr)
-        http_get(s, "/huge.bin")
+        http_get(s, "/" + os.path.basename(path))
         got = len(s.recv(4096))
         time.sleep(0.5)  # the server fills what the socket takes, then waits
         grown = rss_kib(srv.pid) - base
@@ -384,11 +378,17 @@ def cases():
     for b in BACKENDS:
         for m in TLS_MODELS:
             out.append((f"combo {b}/{m}", lambda b=b, m=m: combo(b, m)))
-    out.append(("event refused", event_refused))
     for i, (args, word) in enumerate(BAD):
         out.append((f"bad {i} ({word})", lambda a=args, w=word: bad(a(), w)))
     for m in TLS_MODELS:
         out.append((f"garbage and stall {m}", lambda m=m: garbage_and_stall(m)))
+        out.append((f"resumption {m}", lambda m=m: resumption(m)))
+        if m != "iterative":  # one client at a time: the old one would block the rest
+            out.append((f"reload under traffic {m}", lambda m=m: reload(m)))
+    for m, b in (("thread", "epoll"), ("event", "epoll"), ("event", "epoll-edge"),
+                 ("event", "uring"), ("event", "poll"), ("coro", "uring")):
+        out.append((f"slow reader and truncation {b}/{m}",
+                    lambda m=m, b=b: slow_reader_and_truncation(m, b)))
     for name, fn in sorted(globals().items()):
         if name.startswith("t_"):
             out.append((name[2:], fn))
