@@ -83,6 +83,9 @@ size_t bench_opts_table(struct bench_opts *o, struct opt *tab)
         {"no-spin", 0, OPT_FLAG, &o->no_spin, 0, 0, NULL},
         {"json", 0, OPT_FLAG, &o->json, 0, 0, NULL},
         {"help", 'h', OPT_FLAG, &o->help, 0, 0, NULL},
+        {"tls", 0, OPT_FLAG, &o->tls, 0, 0, NULL},
+        {"cacert", 0, OPT_STR, &o->cacert, 0, 0, NULL},
+        {"insecure", 'k', OPT_FLAG, &o->insecure, 0, 0, NULL},
     };
     memcpy(tab, common, sizeof common);
     return BENCH_NOPTS;
@@ -108,6 +111,9 @@ void bench_opts_usage(FILE *f)
           "      --server-pid PID   also report the server's CPU time per request\n"
           "                         (/proc: PID and its children, over the counted time)\n"
           "      --json             one JSON object on stdout instead of the text report\n"
+          "      --tls              speak TLS (echo; http: an https:// URL says so)\n"
+          "      --cacert FILE      TLS: trust the certificates in FILE, not the system's\n"
+          "  -k, --insecure         TLS: do not verify the server's certificate\n"
           "  -h, --help             this help\n"
           "\n"
           "A request counts when its answer completes inside the counted time; after\n"
@@ -402,7 +408,11 @@ static void opened(struct bconn *c, int fd)
     struct bench_thread *t = c->t;
     iop_stream *s;
     int rc = iop_stream_open(t->ctx, fd, &s); /* owns fd from here, also on failure */
-    if (rc == 0) {
+    const struct bench_opts *o = t->run->o;
+    if (rc == 0 && t->run->tls &&
+        (rc = iop_stream_tls(s, t->run->tls, o->tls_name[0] ? o->tls_name : NULL)) < 0)
+        iop_stream_close(s);
+    else if (rc == 0) {
         iop_stream_set_data(s, c);
         rc = iop_stream_read_start(s);
         if (rc < 0)
@@ -1214,6 +1224,27 @@ static int report(const struct bench_run *r, const struct timeline *tl)
     return CLI_OK;
 }
 
+/* The client context for a TLS target: one line and -1 if it cannot be. */
+static int tls_client(struct bench_run *r)
+{
+    const struct bench_opts *o = r->o;
+    if (!o->tls) {
+        if (!o->cacert && !o->insecure)
+            return 0;
+        fprintf(stderr, "%s: --cacert and --insecure need TLS (--tls, or an https:// URL)\n",
+                r->prog);
+        return -1;
+    }
+    struct iop_tls_client_config cfg = {
+        .ca_file = o->cacert, .insecure = o->insecure, .alpn = o->alpn};
+    struct iop_tls_error err;
+    if (iop_tls_client_new(&cfg, &err, &r->tls) < 0) {
+        fprintf(stderr, "%s: %s\n", r->prog, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 int bench_run(const char *prog, const struct bench_opts *o, const struct bench_proto *p,
               const void *pconf, const iop_addr *addr, const char *what)
 {
@@ -1230,7 +1261,7 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     r.kind = iop_backend_parse(o->backend);
     r.loop_flags = o->edge ? IOP_LOOP_EDGE : 0;
     r.nthreads = (int)o->threads;
-    if (probe_backend(&r) < 0 || fd_limit(&r) < 0)
+    if (probe_backend(&r) < 0 || fd_limit(&r) < 0 || tls_client(&r) < 0)
         return CLI_USAGE;
     if (o->rate > 0) {
         r.step = 1e9 / o->rate;
@@ -1241,6 +1272,7 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     if (!r.th || r.done_fd < 0) {
         fprintf(stderr, "%s: %s\n", prog, strerror(r.th ? errno : ENOMEM));
         free(r.th);
+        iop_tls_ctx_free(r.tls);
         return CLI_FAIL;
     }
     pthread_mutex_init(&r.wake_mu, NULL);
@@ -1260,5 +1292,6 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     close(r.done_fd);
     pthread_mutex_destroy(&r.wake_mu);
     free_threads(&r);
+    iop_tls_ctx_free(r.tls);
     return rc;
 }

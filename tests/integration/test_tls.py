@@ -363,6 +363,35 @@ def slow_reader_and_truncation(model, backend):
     os.unlink(path)
 
 
+def bench(*args):
+    return subprocess.run([harness.EXE, "bench", *args, "-c", "2", "-d", "0.3", "--json"],
+                          capture_output=True, text=True, timeout=T + 10)
+
+
+def t_bench_clients():
+    import json
+    with Http(*tls_args(), "--quiet") as h, Echo(*tls_args()) as e:
+        hp, ep = hostport(h.addr)[1], hostport(e.addr)[1]
+        for be in ("epoll", "uring", "poll"):
+            r = bench("http", f"https://127.0.0.1:{hp}/big.bin", "--cacert", C["ec.crt"],
+                      "--backend", be)
+            check(r.returncode == 0, f"bench http {be}: {r.returncode} {r.stderr!r}")
+            j = json.loads(r.stdout)
+            check(isinstance(j, dict), f"bench http {be}: {r.stdout[:200]!r}")
+            r = bench("echo", f"127.0.0.1:{ep}", "--tls", "--cacert", C["ec.crt"], "-s", "1000",
+                      "--backend", be)
+            check(r.returncode == 0, f"bench echo {be}: {r.returncode} {r.stderr!r}")
+        # the wrong trust anchor fails the run; --insecure does not care
+        r = bench("echo", f"127.0.0.1:{ep}", "--tls", "--cacert", C["rsa.crt"])
+        check(r.returncode == 1, f"wrong CA: exit {r.returncode} {r.stderr!r}")
+        r = bench("echo", f"127.0.0.1:{ep}", "--tls", "--insecure")
+        check(r.returncode == 0, f"--insecure: exit {r.returncode} {r.stderr!r}")
+        r = bench("echo", f"127.0.0.1:{ep}", "--cacert", C["ec.crt"])
+        check(r.returncode == 2, f"--cacert without TLS: exit {r.returncode}")
+        r = bench("http", f"https://127.0.0.1:{hp}/", "--cacert", "/nonexistent.pem")
+        check(r.returncode == 2 and "/nonexistent.pem" in r.stderr, f"{r.stderr!r}")
+
+
 def t_ktls():
     with open("/proc/sys/net/ipv4/tcp_available_ulp") as f:
         ulps = f.read().split()
