@@ -227,4 +227,23 @@ struct bconn *bench_conn(const struct bench_thread *t, size_t i);
 /* JSON string (quotes added, escaped) */
 void bench_json_str(FILE *f, const char *s);
 
+/* ---- between the bench_*.c files ---------------------------------------- */
+
+uint64_t bench_t_end(const struct bench_run *r); /* the counted window's end, ns */
+/* Allocate thread t's connections, numbered from first_active (active
+ * ones) and first_idle (idle ones): 0 or -ENOMEM. */
+int bench_thread_conns(struct bench_thread *t, uint32_t first_active, uint32_t first_idle);
+/* A worker thread: set up, pass the start gate, run, tear down. */
+void *bench_thread_main(void *arg);
+/* Wait for every started worker at the gate; then fix the timeline (unless
+ * a worker failed) and let them all go. */
+void bench_gate_open(struct bench_run *r, int started);
+/* CPU clock ticks of pid and its children, living and reaped; -1: gone. */
+long long bench_proc_ticks(long pid);
+/* The report of a finished run (cpu0, cpu1: server ticks at the counted
+ * window's ends, -1 unknown): CLI_OK, or CLI_FAIL after errors. */
+int bench_report(const struct bench_run *r, long long cpu0, long long cpu1);
+/* "kind N, kind N" of the errors counted in tot (json: as JSON members). */
+void bench_err_kinds(const struct bench_totals *tot, FILE *f, int json);
+
 #endif

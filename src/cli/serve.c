@@ -70,10 +70,10 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
             "      --model M            event, iterative, thread, fork or coro [event]\n"
             "      --workers N          reactor threads, event and coro models [1]\n"
             "      --processes N        pre-forked worker processes [none]\n"
-            "      --max-conns N        open connections at most [10000]\n"
-            "      --stack-size KIB     coroutine stack per connection, coro model [64]\n"
+            "      --max-conns N        open connections at most [%u]\n"
+            "      --stack-size KIB     coroutine stack per connection, coro model [%zu]\n"
             "      --idle-timeout SECS  close a connection idle that long, 0: never [%s]\n"
-            "      --grace SECS         graceful stop lasts at most this long [10]\n"
+            "      --grace SECS         graceful stop lasts at most this long, 0: none [%u]\n"
             "      --quiet              no access log\n"
             "      --tls-cert FILE      TLS: certificate chain (PEM); every stream listener\n"
             "                           speaks TLS, or only those given as tls:ADDR\n"
@@ -84,7 +84,9 @@ void serve_usage(FILE *f, const struct serve_defaults *d)
             "A line `listening ADDR` on stdout per listener once bound; diagnostics on\n"
             "stderr.  SIGINT/SIGTERM stop gracefully, a second one at once.\n"
             "Exit status: 0 after a stop, 2 bad command line, address or backend.\n",
-            d->no_udp ? "" : " or udp:HOST:PORT", d->listen, d->idle_timeout);
+            d->no_udp ? "" : " or udp:HOST:PORT", d->listen, IOP_SERVER_DEFAULT_MAX_CONNS,
+            IOP_SERVER_DEFAULT_STACK_SIZE / 1024, d->idle_timeout,
+            IOP_SERVER_DEFAULT_GRACE_MS / 1000);
 }
 
 /* ---- checking ------------------------------------------------------------ */
@@ -183,10 +185,10 @@ int serve_config(const char *prog, struct serve_opts *o, const struct serve_defa
     memset(cfg, 0, sizeof *cfg);
     const char *idle = o->idle_timeout ? o->idle_timeout : d->idle_timeout;
     if (serve_secs(prog, "idle-timeout", idle, &cfg->idle_timeout_ms) < 0 ||
-        serve_secs(prog, "grace", o->grace ? o->grace : "10", &cfg->grace_ms) < 0)
+        (o->grace && serve_secs(prog, "grace", o->grace, &cfg->grace_ms) < 0))
         return -1;
-    if (cfg->grace_ms == 0)
-        cfg->grace_ms = 1; /* 0 is the library's "default": ask for no grace */
+    if (o->grace && cfg->grace_ms == 0)
+        cfg->grace_ms = IOP_SERVER_GRACE_NONE; /* 0 is the library's "default" */
     if (o->nlisten == 0)
         o->listen[o->nlisten++] = d->listen;
     cfg->model = model;
@@ -194,7 +196,7 @@ int serve_config(const char *prog, struct serve_opts *o, const struct serve_defa
     cfg->loop_flags = o->edge ? IOP_LOOP_EDGE : 0;
     cfg->workers = (unsigned)o->workers;
     cfg->processes = (unsigned)o->processes;
-    cfg->max_conns = o->max_conns ? (unsigned)o->max_conns : 10000;
+    cfg->max_conns = (unsigned)o->max_conns; /* 0: the library's default */
     cfg->stack_size = (size_t)o->stack_kib * 1024;
     cfg->log = serve_log;
     return 0;
@@ -235,7 +237,7 @@ static int probe_backend(const char *prog, const struct serve_opts *o,
                          const struct iop_server_config *cfg)
 {
     iop_loop *loop;
-    int rc = iop_loop_new(&loop, cfg->backend, cfg->loop_flags);
+    int rc = iop_loop_new(cfg->backend, cfg->loop_flags, &loop);
     if (rc < 0) {
         fprintf(stderr, "%s: backend %s%s cannot start: %s\n", prog, o->backend,
                 o->edge ? " (edge-triggered)" : "", iop_strerror(rc));
@@ -248,7 +250,7 @@ static int probe_backend(const char *prog, const struct serve_opts *o,
 static int server_create(const char *prog, const struct serve_opts *o,
                          const struct iop_server_config *cfg, iop_server **srv)
 {
-    int rc = iop_server_new(srv, cfg);
+    int rc = iop_server_new(cfg, srv);
     if (rc < 0)
         fprintf(stderr, "%s: cannot create the server (--model %s): %s\n", prog, o->model,
                 iop_strerror(rc));

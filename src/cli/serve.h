@@ -12,7 +12,7 @@
  *     ... tab[k++] = own options, then a zeroed terminator ...
  *     opt_parse(prog, tab, argc, argv);
  *     serve_config(prog, &so, &defaults, &cfg);
- *     cfg.handler = &h; cfg.data = &proto_cfg;
+ *     cfg.handler = &h;   (a stock protocol's handler carries its state)
  *     return serve_run(prog, &so, &cfg);
  *
  * Every error before serving starts is one line on stderr and exit status

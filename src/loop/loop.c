@@ -72,7 +72,7 @@ static int loop_pick_backend(iop_loop *l, int kind)
     return rc;
 }
 
-int iop_loop_new(iop_loop **out, int backend, unsigned flags)
+int iop_loop_new(int backend, unsigned flags, iop_loop **out)
 {
     if (!out || (flags & ~IOP_LOOP_EDGE))
         return -EINVAL;

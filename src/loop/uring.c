@@ -522,7 +522,7 @@ int iop_op_cancel(iop_op *op)
 
 /* ---- provided buffer rings --------------------------------------------- */
 
-int iop_bufring_new(iop_loop *l, iop_bufring **out, unsigned count, unsigned size)
+int iop_bufring_new(iop_loop *l, unsigned count, unsigned size, iop_bufring **out)
 {
     if (!iop__uring_is(l))
         return -ENOTSUP;

@@ -155,8 +155,9 @@ static void ev_fini(struct iop__reactor *r)
             (void)iop_stream_ctx_free(r->ls[i].data);
 }
 
-static const struct iop__reactor_ops ev_ops = {
+const struct iop__reactor_ops iop__event_ops = {
     .worker_size = sizeof(struct iop__reactor),
+    .conns_on_loop = 1,
     .listen = ev_listen,
     .open = ev_open,
     .start = ev_start,
@@ -165,8 +166,3 @@ static const struct iop__reactor_ops ev_ops = {
     .drop = ev_drop,
     .fini = ev_fini,
 };
-
-int iop__event_run(iop_server *srv)
-{
-    return iop__reactor_run(srv, &ev_ops);
-}

@@ -2,20 +2,20 @@
  *
  * server.c     the object, listeners, processes (pre-fork + supervision),
  *              shutdown, and the datagram listeners every model serves
- * reactor.c    the reactor worker of the event and coro models (one per
- *              worker thread): loop, acceptors, max_conns, datagrams, stop
- * event.c      the event model: reactors, each with a stream context per
- *              stream listener; a connection is a stream
- * coro_model.c the coro model: reactors, a coroutine per connection
- *              running the blocking-style handler
- * blocking.c   iterative, thread and fork: an accept loop on one reactor,
- *              handle() run inline, on a thread or in a child process; and
- *              the blocking iop_conn calls
+ * reactor.c    the worker every model runs on (one per worker thread):
+ *              loop, acceptors, max_conns, datagrams, the stop sequence;
+ *              a model is an ops table (reactor_int.h)
+ * event.c      the event model: a connection is a stream
+ * coro_model.c the coro model: a coroutine per connection running the
+ *              blocking-style handler
+ * blocking.c   iterative, thread and fork: handle() run inline, on a
+ *              thread or in a child process
+ * conn.c       the blocking iop_conn calls, and the poll(2) waits of
+ *              iterative, thread and fork connections
  *
- * A model's run function serves in the calling process until the server
- * stops, then returns 0 (or -errno if it could not start).  While it runs,
- * srv->notify(srv) is how iop_server_shutdown() (any thread, or a signal
- * handler) reaches it: it must be async-signal-safe (iop_async_send).
+ * While a model runs, srv->notify(srv) is how iop_server_shutdown() (any
+ * thread, or a signal handler) reaches it: it must be async-signal-safe
+ * (iop_async_send).
  */
 #ifndef IOP_SERVER_INT_H
 #define IOP_SERVER_INT_H
@@ -94,10 +94,5 @@ void iop__server_dgram_stop(iop_server *srv, iop_dgram **handles);
  * A worker whose thread cannot start does not run (its loop is then torn
  * down unrun by the caller). */
 void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*fn)(void *));
-
-/* The models. */
-int iop__event_run(iop_server *srv);
-int iop__blocking_run(iop_server *srv);
-int iop__coro_run(iop_server *srv);
 
 #endif

@@ -78,6 +78,7 @@ void iop__comp_trim(iop_stream *s)
 
 static void start_tx(iop_stream *s);
 static void maybe_done(iop_stream *s);
+static int wait_room(iop_stream *s);
 
 #define STREAM_OF_RECV(op) ((iop_stream *)((char *)(op)-offsetof(iop_stream, u.c.recv)))
 
@@ -158,7 +159,7 @@ static int arm_recv(iop_stream *s)
     if (s->flags & (SF_RECV_ARMED | SF_EOF | SF_FAILED | SF_CLOSING))
         return 0;
     if (!ctx->ring) {
-        int rc = iop_bufring_new(ctx->loop, &ctx->ring, ctx->cfg.ring_buffers, ctx->cfg.read_size);
+        int rc = iop_bufring_new(ctx->loop, ctx->cfg.ring_buffers, ctx->cfg.read_size, &ctx->ring);
         if (rc < 0)
             return rc;
     }
@@ -211,6 +212,16 @@ static void send_cb(iop_op *op, int res, unsigned flags)
     u->busy = 0;
     if (s->flags & SF_CLOSING) {
         maybe_done(s);
+        return;
+    }
+    if (res == -EAGAIN) {
+        /* The kernel gave up: a send it had polled for found no room again
+         * and went to an io-wq worker, which does not wait on an O_NONBLOCK
+         * socket either (seen on 6.18 with a peer that reads slowly).
+         * Nothing was sent: wait for room ourselves, then send again. */
+        int rc = wait_room(s);
+        if (rc < 0)
+            iop__stream_fail(s, rc);
         return;
     }
     if (res < 0) {

@@ -176,7 +176,7 @@ IOP_TEST(ops_unsupported_without_completion, be)
     CHECK_EQ(iop_op_cancel(&r.op), -EINVAL);
 
     iop_bufring *br = NULL;
-    CHECK_EQ(iop_bufring_new(l, &br, 8, 64), -ENOTSUP);
+    CHECK_EQ(iop_bufring_new(l, 8, 64, &br), -ENOTSUP);
     CHECK(br == NULL);
 
     /* A failed call does nothing: no callback, no active op, fd still open,
@@ -666,7 +666,7 @@ IOP_TEST(bufring_recv_multishot, be)
     int sv[2];
     pair(sv);
     iop_bufring *br = NULL;
-    CHECK_OK(iop_bufring_new(l, &br, 8, 64));
+    CHECK_OK(iop_bufring_new(l, 8, 64, &br));
     CHECK(br != NULL);
     CHECK_EQ(iop_bufring_size(br), 64);
     CHECK(iop_bufring_buf(br, 7) != NULL);
@@ -763,10 +763,10 @@ IOP_TEST(op_bad_arguments, be)
 {
     iop_loop *l = uring_loop(be);
     iop_bufring *br = NULL;
-    CHECK_EQ(iop_bufring_new(l, &br, 6, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 0, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 65536, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 8, 0), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 6, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 0, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 65536, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 8, 0, &br), -EINVAL);
     CHECK(br == NULL);
 
     int sv[2];
@@ -793,7 +793,7 @@ IOP_TEST(op_bad_arguments, be)
 
     /* A ring made for another loop is refused. */
     iop_loop *l2 = iop_test_loop(be);
-    CHECK_OK(iop_bufring_new(l2, &br, 8, 64));
+    CHECK_OK(iop_bufring_new(l2, 8, 64, &br));
     memset(&r, 0, sizeof r);
     int rc = iop_op_recv_multishot(l, &r.op, sv[0], br, rec_cb);
     CHECK(rc == -EINVAL || rc == -ENOTSUP);
