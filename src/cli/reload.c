@@ -55,7 +55,14 @@ int reload_start(struct reload *r, iop_tls_ctx *ctx)
     if (pipe2(r->pipe, O_CLOEXEC) < 0)
         return -errno;
     fcntl(r->pipe[1], F_SETFL, O_NONBLOCK);
+    /* The thread takes no signal: one landing on it, asleep in read(2),
+     * would wait there for its handler (so it does under TSan), and the
+     * server's SIGINT/SIGTERM belong to the threads that serve. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_BLOCK, &all, &old);
     int rc = -pthread_create(&r->thread, NULL, reloader, r);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (rc < 0) {
         close(r->pipe[0]);
         close(r->pipe[1]);
