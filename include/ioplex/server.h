@@ -41,6 +41,7 @@
 #include "ioplex/loop.h"
 #include "ioplex/net.h"
 #include "ioplex/stream.h"
+#include "ioplex/tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -162,6 +163,11 @@ int iop_server_listen(iop_server *srv, const char *addr);
  * the server owns it from here.  Returns the index. */
 int iop_server_adopt(iop_server *srv, int fd);
 size_t iop_server_listeners(const iop_server *srv);
+/* Listener i speaks TLS with tls (a server context, which must outlive the
+ * server): the handshake runs before verify, and the handler's calls read
+ * and write plaintext, in every model.  -EINVAL: no such stream listener,
+ * or a client context. */
+int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls);
 /* The real address of listener i (port 0 resolved): the `listening` line. */
 int iop_server_addr(const iop_server *srv, size_t i, iop_addr *out);
 

@@ -276,9 +276,13 @@ static void opened(struct bconn *c, int fd)
     struct bench_thread *t = c->t;
     iop_stream *s;
     int rc = iop_stream_open(t->ctx, fd, &s); /* owns fd from here, also on failure */
+    const struct bench_opts *o = t->run->o;
     if (rc == 0) {
+        if (t->run->tls)
+            rc = iop_stream_tls(s, t->run->tls, o->tls_name[0] ? o->tls_name : NULL);
         iop_stream_set_data(s, c);
-        rc = iop_stream_read_start(s);
+        if (rc == 0)
+            rc = iop_stream_read_start(s);
         if (rc < 0)
             iop_stream_close(s);
     }

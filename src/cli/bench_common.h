@@ -38,7 +38,7 @@
 #include "ioplex/stream.h"
 
 #define BENCH_DRAIN_MS 5000 /* after the window: how long answers may take */
-#define BENCH_NOPTS    12   /* entries bench_opts_table() writes */
+#define BENCH_NOPTS    15   /* entries bench_opts_table() writes */
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -48,6 +48,11 @@ struct bench_opts {
     const char *backend;
     int edge, no_spin, json, help;
     const char *target; /* ADDR or URL: the one positional */
+    /* TLS: --tls (echo) or an https:// URL; --cacert FILE, --insecure */
+    int tls, insecure;
+    const char *cacert;
+    char tls_name[256]; /* SNI and the name checked: the target's host */
+    const char *alpn;   /* "http/1.1" for http */
 };
 
 void bench_opts_init(struct bench_opts *o);
@@ -180,6 +185,7 @@ struct bench_run {
     double step;             /* open loop: ns between consecutive connections' */
     int done_fd;             /* eventfd: a worker finished */
     pthread_mutex_t wake_mu; /* iop_async_send must not race iop_async_stop */
+    iop_tls_ctx *tls;        /* client context when the target speaks TLS */
 };
 
 /* Merged over the threads, after the run. */

@@ -72,6 +72,9 @@ size_t bench_opts_table(struct bench_opts *o, struct opt *tab)
         {"no-spin", 0, OPT_FLAG, &o->no_spin, 0, 0, NULL},
         {"json", 0, OPT_FLAG, &o->json, 0, 0, NULL},
         {"help", 'h', OPT_FLAG, &o->help, 0, 0, NULL},
+        {"tls", 0, OPT_FLAG, &o->tls, 0, 0, NULL},
+        {"cacert", 0, OPT_STR, &o->cacert, 0, 0, NULL},
+        {"insecure", 'k', OPT_FLAG, &o->insecure, 0, 0, NULL},
     };
     memcpy(tab, common, sizeof common);
     return BENCH_NOPTS;
@@ -97,6 +100,9 @@ void bench_opts_usage(FILE *f)
           "      --server-pid PID   also report the server's CPU time per request\n"
           "                         (/proc: PID and its children, over the counted time)\n"
           "      --json             one JSON object on stdout instead of the text report\n"
+          "      --tls              speak TLS (echo; http: an https:// URL says so)\n"
+          "      --cacert FILE      TLS: trust the certificates in FILE, not the system's\n"
+          "  -k, --insecure         TLS: do not verify the server's certificate\n"
           "  -h, --help             this help\n"
           "\n"
           "A request counts when its answer completes inside the counted time; after\n"

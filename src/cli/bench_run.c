@@ -256,6 +256,27 @@ static int setup_error(const struct bench_run *r)
     return CLI_FAIL;
 }
 
+/* The client context for a TLS target: one line and -1 if it cannot be. */
+static int tls_client(struct bench_run *r)
+{
+    const struct bench_opts *o = r->o;
+    if (!o->tls) {
+        if (!o->cacert && !o->insecure)
+            return 0;
+        fprintf(stderr, "%s: --cacert and --insecure need TLS (--tls, or an https:// URL)\n",
+                r->prog);
+        return -1;
+    }
+    struct iop_tls_client_config cfg = {
+        .ca_file = o->cacert, .insecure = o->insecure, .alpn = o->alpn};
+    struct iop_tls_error err;
+    if (iop_tls_client_new(&cfg, &err, &r->tls) < 0) {
+        fprintf(stderr, "%s: %s\n", r->prog, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
 int bench_run(const char *prog, const struct bench_opts *o, const struct bench_proto *p,
               const void *pconf, const iop_addr *addr, const char *what)
 {
@@ -272,7 +293,7 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     r.kind = iop_backend_parse(o->backend);
     r.loop_flags = o->edge ? IOP_LOOP_EDGE : 0;
     r.nthreads = (int)o->threads;
-    if (probe_backend(&r) < 0 || fd_limit(&r) < 0)
+    if (probe_backend(&r) < 0 || fd_limit(&r) < 0 || tls_client(&r) < 0)
         return CLI_USAGE;
     if (o->rate > 0) {
         r.step = 1e9 / o->rate;
@@ -283,6 +304,7 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     if (!r.th || r.done_fd < 0) {
         fprintf(stderr, "%s: %s\n", prog, strerror(r.th ? errno : ENOMEM));
         free(r.th);
+        iop_tls_ctx_free(r.tls);
         return CLI_FAIL;
     }
     pthread_mutex_init(&r.wake_mu, NULL);
@@ -302,5 +324,6 @@ int bench_run(const char *prog, const struct bench_opts *o, const struct bench_p
     close(r.done_fd);
     pthread_mutex_destroy(&r.wake_mu);
     free_threads(&r);
+    iop_tls_ctx_free(r.tls);
     return rc;
 }

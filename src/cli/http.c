@@ -73,6 +73,7 @@ static int parse(int argc, char **argv, struct serve_opts *so, struct http_opts 
 {
     struct opt tab[SERVE_NOPTS + NHTTP + 1];
     serve_opts_init(so);
+    so->tls_alpn = "http/1.1";
     memset(o, 0, sizeof *o);
     http_table(o, tab + serve_opts_table(so, tab));
     int npos = serve_parse(PROG, tab, argc, argv, so, 1, usage);

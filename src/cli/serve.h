@@ -27,7 +27,7 @@
 #include "ioplex/server.h"
 
 #define SERVE_MAX_LISTEN 64
-#define SERVE_NOPTS      12 /* entries serve_opts_table() writes */
+#define SERVE_NOPTS      15 /* entries serve_opts_table() writes */
 
 /* The common options as typed (strings are checked by serve_config). */
 struct serve_opts {
@@ -40,6 +40,8 @@ struct serve_opts {
     int edge, quiet, help;
     long workers, processes, max_conns; /* 0: not given */
     long stack_kib;                     /* coro stack, KiB; 0: 64 */
+    const char *tls_cert, *tls_key, *tls_password_file;
+    const char *tls_alpn; /* set by the subcommand: "http/1.1", or NULL */
 };
 
 /* What differs between subcommands. */

@@ -68,19 +68,27 @@ void iop__conn_fini(iop_conn *c)
 {
     free(c->rbuf);
     c->rbuf = NULL;
+    iop_tls_free(c->tls);
+    c->tls = NULL;
     c->rpos = c->rlen = 0;
 }
 
 int iop__conn_serve(iop_conn *c)
 {
     const struct iop_handler *h = c->srv->cfg.handler;
-    if (!h->handle || (h->verify && h->verify(c)))
+    iop_tls_ctx *tls = c->srv->ls[c->listener].tls;
+    if (!h->handle || (tls && iop__conn_tls_start(c, tls) < 0))
         return 1;
+    if (h->verify && h->verify(c)) {
+        iop__conn_tls_end(c);
+        return 1;
+    }
     if (h->setup)
         h->setup(c);
     h->handle(c);
     if (h->finish)
         h->finish(c);
+    iop__conn_tls_end(c);
     return 0;
 }
 
@@ -150,12 +158,12 @@ static ssize_t outcome(iop_conn *c, ssize_t n)
 
 static ssize_t raw_recv(iop_conn *c, void *buf, size_t len)
 {
-    return outcome(c, c->ops->recv(c, buf, len));
+    return outcome(c, c->tls ? iop__conn_tls_recv(c, buf, len) : c->ops->recv(c, buf, len));
 }
 
 static ssize_t raw_send(iop_conn *c, const void *buf, size_t len)
 {
-    return outcome(c, c->ops->send(c, buf, len));
+    return outcome(c, c->tls ? iop__conn_tls_send(c, buf, len) : c->ops->send(c, buf, len));
 }
 
 /* Hand out up to len buffered bytes. */
@@ -335,6 +343,8 @@ int iop_conn_sendfile(iop_conn *c, int fd, off_t off, size_t len)
 {
     if (stopped(c))
         return -ECANCELED;
+    if (c->tls)
+        return (int)outcome(c, iop__conn_tls_sendfile(c, fd, off, len));
     while (len > 0) {
         ssize_t n = sendfile_nosig(c, c->fd, fd, &off, len < SENDFILE_MAX ? len : SENDFILE_MAX);
         int rc;
@@ -358,6 +368,8 @@ int iop_conn_sendfile(iop_conn *c, int fd, off_t off, size_t len)
 
 int iop_conn_shutdown(iop_conn *c)
 {
+    if (c->tls)
+        return iop__conn_tls_shutdown(c);
     return shutdown(c->fd, SHUT_WR) < 0 ? -errno : 0;
 }
 

@@ -53,6 +53,7 @@ struct iop_conn {
     unsigned timeout_ms; /* iop_conn_set_timeout; 0: cfg.idle_timeout_ms */
     char *rbuf;          /* read-ahead: rbuf[rpos..rlen) not yet handed out */
     size_t rpos, rlen;
+    iop_tls *tls; /* a TLS listener's connection (conn_tls.c) */
 };
 
 /* The timeout of a wait (0: none), and whether a graceful stop ends the
@@ -130,5 +131,15 @@ void iop__pconn_init(struct iop__pconn *pc, iop_server *srv, int fd, int listene
  * that a recv sleeps in the kernel (see above).  If it fails, recv waits
  * in poll as in the other models. */
 void iop__pconn_set_blocking(struct iop__pconn *pc);
+
+/* ---- TLS (conn_tls.c): the raw ops' bytes are ciphertext --------------
+ * serve() runs the handshake first and says goodbye (close_notify) after
+ * finish; recv / send / sendfile / shutdown go through the transport. */
+int iop__conn_tls_start(iop_conn *c, iop_tls_ctx *ctx);
+void iop__conn_tls_end(iop_conn *c);
+ssize_t iop__conn_tls_recv(iop_conn *c, void *buf, size_t len);
+ssize_t iop__conn_tls_send(iop_conn *c, const void *buf, size_t len);
+int iop__conn_tls_sendfile(iop_conn *c, int fd, off_t off, size_t len);
+int iop__conn_tls_shutdown(iop_conn *c);
 
 #endif

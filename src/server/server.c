@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -218,6 +219,22 @@ int iop_server_adopt(iop_server *srv, int fd)
     return rc;
 }
 
+int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls)
+{
+    if (!srv || srv->running || i >= srv->nls || srv->ls[i].kind == IOP_ADDR_UDP ||
+        (tls && !iop_tls_ctx_is_server(tls)))
+        return -EINVAL;
+    if (tls && !srv->tls_log_last) {
+        void *p = mmap(NULL, sizeof *srv->tls_log_last, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -errno;
+        srv->tls_log_last = p;
+    }
+    srv->ls[i].tls = tls;
+    return 0;
+}
+
 size_t iop_server_listeners(const iop_server *srv)
 {
     return srv->nls;
@@ -254,6 +271,8 @@ void iop_server_free(iop_server *srv)
         listener_close(&srv->ls[i]);
     free(srv->ls);
     free(srv->children);
+    if (srv->tls_log_last)
+        munmap(srv->tls_log_last, sizeof *srv->tls_log_last);
     free(srv);
 }
 

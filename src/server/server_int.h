@@ -34,8 +34,9 @@ struct iop__listener {
      * restarted process finds its sockets (and their backlog) waiting. */
     int *fds;
     size_t nfds;
-    int unlink_path; /* a Unix socket file this server created */
-    int reuseport;   /* bound with SO_REUSEPORT (siblings may follow) */
+    int unlink_path;  /* a Unix socket file this server created */
+    int reuseport;    /* bound with SO_REUSEPORT (siblings may follow) */
+    iop_tls_ctx *tls; /* the caller's; NULL: plain */
 };
 
 enum { IOP__RUNNING = 0, IOP__GRACEFUL = 1, IOP__NOW = 2 };
@@ -57,6 +58,10 @@ struct iop_server {
     void (*_Atomic notify)(iop_server *srv);
     atomic_int notifying; /* iop_server_shutdown() calls inside notify */
     void *model;          /* the running model's state */
+    /* When a TLS handshake failure was last logged (seconds): shared with
+     * forked children (iop_server_set_tls maps it), so that the fork model
+     * too logs at most one line a second. */
+    _Atomic long *tls_log_last;
 };
 
 /* Stop notifications reaching the model: clear notify and wait for calls
@@ -72,6 +77,9 @@ int iop__listener_fd(const iop_server *srv, size_t i, unsigned w);
 void iop__server_refuse(iop_server *srv, unsigned w);
 
 /* Log a line through cfg.log (printf-style). */
+/* A failed handshake on fd, logged at most once a second across the
+ * server's threads and processes (the event model's too). */
+void iop__server_tls_log(iop_server *srv, int fd, const char *why, int rc);
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 

@@ -78,6 +78,7 @@ int iop_stream_ctx_free(iop_stream_ctx *ctx)
         close(ctx->spare_fd);
     free(ctx->pending);
     free(ctx->rbuf);
+    iop__stls_ctx_free(ctx);
     free(ctx);
     return 0;
 }
@@ -224,6 +225,7 @@ static void stream_free(iop_stream *s)
     ctx->count--;
     if (ctx->cfg.on_close)
         ctx->cfg.on_close(s);
+    iop__stls_free(s);
     free(s);
     if (!ctx->count)
         iop_timer_stop(&ctx->idle_timer);
@@ -240,6 +242,10 @@ static void pending_one(iop_stream *s)
         return;
     }
     if (s->flags & SF_CLOSING)
+        return;
+    if (s->tls)
+        iop__stls_pending(s);
+    if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
     s->ctx->eng->pending(s);
 }
@@ -327,6 +333,8 @@ int iop_stream_read_start(iop_stream *s)
     if (s->flags & SF_READING)
         return 0;
     s->flags |= SF_READING;
+    if (s->tls)
+        iop__stream_pend(s); /* plaintext decrypted while reading was stopped */
     return s->ctx->eng->read_start(s);
 }
 
@@ -342,6 +350,14 @@ int iop_stream_read_stop(iop_stream *s)
 /* Tell the user what came (or what went wrong), and close a failed stream
  * the user left open. */
 void iop__stream_deliver(iop_stream *s, ssize_t n, const char *buf)
+{
+    if (s->tls)
+        iop__stls_input(s, n, buf);
+    else
+        iop__stream_deliver_plain(s, n, buf);
+}
+
+void iop__stream_deliver_plain(iop_stream *s, ssize_t n, const char *buf)
 {
     if (n < 0)
         s->flags |= SF_ERR_TOLD;
@@ -514,6 +530,8 @@ static int write_state(iop_stream *s)
 
 static int full_check(iop_stream *s)
 {
+    if (s->tls)
+        return iop__stls_full_check(s);
     if (s->queued > s->ctx->cfg.high_water) {
         s->flags |= SF_FULL;
         return 1;
@@ -528,6 +546,11 @@ static void fail_later(iop_stream *s, int rc)
     s->flags |= SF_FAILED;
     s->err = (int16_t)rc;
     iop__stream_pend(s);
+}
+
+void iop__stream_fail_later(iop_stream *s, int rc)
+{
+    fail_later(s, rc);
 }
 
 static void queue_append(iop_stream *s, struct wchunk *c, size_t len)
@@ -570,6 +593,14 @@ int iop_stream_writev(iop_stream *s, const struct iovec *iov, int iovcnt)
     int rc = write_state(s);
     if (rc < 0)
         return rc;
+    if (s->tls)
+        return iop__stls_writev(s, iov, iovcnt);
+    return iop__stream_writev_raw(s, iov, iovcnt);
+}
+
+int iop__stream_writev_raw(iop_stream *s, const struct iovec *iov, int iovcnt)
+{
+    int rc;
     struct wres r;
     if ((rc = res_take(s, iov_total(iov, iovcnt), 0, &r)) < 0)
         return rc;
@@ -601,6 +632,15 @@ int iop_stream_writev_ref(iop_stream *s, const struct iovec *iov, int iovcnt, co
     if (rc < 0 || iovcnt < 0 || iovcnt >= REF_IOV_MAX || ref_len > UINT32_MAX) {
         release(arg);
         return rc < 0 ? rc : -EINVAL;
+    }
+    if (s->tls) { /* encryption copies the bytes anyway */
+        struct iovec all[REF_IOV_MAX];
+        for (int i = 0; i < iovcnt; i++)
+            all[i] = iov[i];
+        all[iovcnt] = (struct iovec){(void *)(uintptr_t)ref, ref_len};
+        rc = iop__stls_writev(s, all, iovcnt + 1);
+        release(arg);
+        return rc;
     }
     struct iovec all[REF_IOV_MAX];
     size_t total = iov_total(iov, iovcnt), sent = 0;
@@ -696,6 +736,8 @@ int iop_stream_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int
         file_release(file_fd, flags);
         return rc < 0 ? rc : -EINVAL;
     }
+    if (s->tls)
+        return iop__stls_sendfilev(s, iov, iovcnt, file_fd, offset, len, flags);
     size_t total = iov_total(iov, iovcnt), sent = 0;
     struct wres r;
     if ((rc = res_take(s, total, len > 0, &r)) < 0 ||
@@ -765,6 +807,11 @@ void iop__stream_consumed(iop_stream *s, size_t n)
 /* After progress: shutdown when empty and asked, on_drain when owed. */
 void iop__stream_drained(iop_stream *s)
 {
+    if (s->tls) {
+        iop__stls_drained(s);
+        if (iop__stls_held(s) || (s->flags & (SF_CLOSING | SF_FAILED)))
+            return; /* the FIN, the close and on_drain wait for what is held */
+    }
     if ((s->flags & SF_END) && !s->whead) {
         iop_stream_close(s);
         return;
@@ -787,7 +834,9 @@ int iop_stream_shutdown(iop_stream *s)
     if (s->flags & (SF_SHUT_WANT | SF_SHUT_DONE))
         return 0;
     s->flags |= SF_SHUT_WANT;
-    if (!s->whead) {
+    if (s->tls)
+        iop__stls_shutdown(s); /* close_notify, now or after what is held */
+    if (!s->whead && !(s->tls && iop__stls_held(s))) {
         s->flags |= SF_SHUT_DONE;
         if (shutdown(iop__sfd(s), SHUT_WR) < 0 && errno != ENOTCONN)
             return -errno;
@@ -802,6 +851,13 @@ void iop_stream_end(iop_stream *s)
     if (s->flags & (SF_CLOSING | SF_END))
         return;
     (void)iop_stream_read_stop(s);
+    if (s->tls && !(s->flags & SF_FAILED)) {
+        s->flags |= SF_END;
+        (void)iop_stream_shutdown(s); /* close_notify, then the FIN */
+        if (!s->whead && !iop__stls_held(s))
+            iop_stream_close(s);
+        return;
+    }
     if (!s->whead || (s->flags & SF_FAILED)) {
         iop_stream_close(s);
         return;
@@ -817,6 +873,8 @@ void iop_stream_close(iop_stream *s)
     s->flags |= SF_CLOSING;
     s->flags &= (uint16_t)~SF_READING;
     idle_unlink(s);
+    if (s->tls)
+        iop__stls_closing(s);
     s->ctx->eng->close(s);
 }
 

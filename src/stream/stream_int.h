@@ -72,6 +72,7 @@ struct iop_stream {
     uint32_t last_active; /* loop ms, truncated */
     uint16_t flags;
     int16_t err;
+    struct iop__stls *tls; /* TLS on this stream (stream_tls.c), or NULL */
     /* The tail: a readiness stream is allocated only up to the end of io. */
     union {
         iop_io io; /* readiness; io.fd is the stream's fd */
@@ -101,6 +102,7 @@ struct iop_stream_ctx {
     iop_stream **pending; /* streams with deferred work */
     size_t npending, cappending;
     iop_defer defer;
+    struct iop__stls_ctx *tls; /* stream_tls.c's per-context part, or NULL */
 };
 
 _Static_assert(offsetof(iop_stream, u.c.fd) == offsetof(iop_stream, u.io.fd),
@@ -148,7 +150,12 @@ struct iop__stream_engine {
 extern const struct iop__stream_engine iop__stream_ready;    /* ready.c */
 extern const struct iop__stream_engine iop__stream_complete; /* complete.c */
 
-/* ---- where a transport slots in (not built yet) -------------------------
+/* ---- where a transport slots in -----------------------------------------
+ * TLS (stream_tls.c, below) sits today at the level of the public calls:
+ * it encrypts writes before they reach the queue and decrypts what the
+ * engines deliver, so both engines carry it unchanged.  The design it can
+ * grow into, at the wire itself:
+ *
  * A transport (TLS) turns ciphertext into plaintext both ways, under either
  * engine and under the blocking conn ops alike.  The core's queue and the
  * user's callbacks stay plaintext; everything that touches the socket's
@@ -184,7 +191,31 @@ extern const struct iop__stream_engine iop__stream_complete; /* complete.c */
  * carry, so a plain stream keeps its size; the engines stay as they are
  * and call it where they now call deliver and the wire. */
 
+/* ---- TLS (stream_tls.c) --------------------------------------------------
+ * The queue holds ciphertext: writes are encrypted on their way in, with
+ * what cannot go yet (before the handshake ends, behind a file) held
+ * in order in the stream's TLS state and pumped into the queue as it
+ * drains; files are read with pread a bounded piece at a time.  Bytes
+ * the engines deliver are decrypted before on_read sees them. */
+void iop__stls_input(iop_stream *s, ssize_t n, const char *buf);
+int iop__stls_writev(iop_stream *s, const struct iovec *iov, int iovcnt);
+int iop__stls_sendfilev(iop_stream *s, const struct iovec *iov, int iovcnt, int fd, off_t off,
+                        size_t len, unsigned flags);
+void iop__stls_drained(iop_stream *s);   /* pump held bytes as the queue drains */
+int iop__stls_full_check(iop_stream *s); /* queued + held past high_water: 1 */
+int iop__stls_held(const iop_stream *s); /* bytes (or a close_notify) still to queue */
+void iop__stls_shutdown(iop_stream *s);  /* close_notify once nothing is held */
+void iop__stls_pending(iop_stream *s);   /* deferred: plaintext owed to a reader */
+void iop__stls_closing(iop_stream *s);
+void iop__stls_free(iop_stream *s);
+void iop__stls_ctx_free(iop_stream_ctx *ctx);
+
 /* stream.c */
+/* Deliver plaintext (or the EOF, an error) to on_read. */
+void iop__stream_deliver_plain(iop_stream *s, ssize_t n, const char *buf);
+/* writev without the state check: 1 "full", 0, or -errno. */
+int iop__stream_writev_raw(iop_stream *s, const struct iovec *iov, int iovcnt);
+void iop__stream_fail_later(iop_stream *s, int rc);
 void iop__stream_pend(iop_stream *s);
 void iop__stream_touch(iop_stream *s);
 void iop__stream_fail(iop_stream *s, int err);
