@@ -76,9 +76,36 @@ struct iop_http_config {
      * access log.  Event workers hand over several lines at once. */
     void (*access_log)(void *arg, const char *lines, size_t len);
     void *access_log_arg;
+    /* Access-Control-Allow-Origin: * on every response, and OPTIONS (a
+     * CORS preflight) answered 204 with Access-Control-Allow-Methods:
+     * GET, HEAD and the requested headers echoed once they are tokens. */
+    int cors;
+    /* nheaders lines "Name: value" added to every response (each checked
+     * by iop_http_header_check). */
+    const char *const *headers;
+    size_t nheaders;
+    const char *cache_control; /* Cache-Control of files; NULL: none */
+    /* Content-Type of files whose extension is unknown; NULL:
+     * application/octet-stream. */
+    const char *default_type;
+    /* Compress files whose type is text/..., JSON, JavaScript, SVG, XML or
+     * wasm, up to compress_max bytes (0: 1 MiB), with gzip, zstd and
+     * brotli as clients accept them: once per version of a file, kept in
+     * memory (at most compress_memory bytes in all, 0: 64 MiB; least
+     * recently used copies are dropped) when a copy saves >= 10 %. */
+    int compress;
+    size_t compress_max, compress_memory;
 };
 
-/* Open cfg->root (-ENOTDIR, -ENOENT, ...) and make the server state. */
+/* Is line a header that may be added to responses: "Name: value", Name a
+ * token, value of visible characters, spaces and tabs (no CR, LF or other
+ * control)?  0, or -EINVAL.  iop_http_header_value_check: the value alone. */
+int iop_http_header_check(const char *line);
+int iop_http_header_value_check(const char *value);
+
+/* Open cfg->root (-ENOTDIR, -ENOENT, ...) and make the server state;
+ * -EINVAL for a header, Cache-Control or type that does not pass the
+ * checks above. */
 int iop_http_new(const struct iop_http_config *cfg, iop_http **out);
 /* Fill *h with the HTTP handler, which carries http (h->ctx). */
 void iop_http_handler(iop_http *http, struct iop_handler *h);

@@ -2,6 +2,7 @@
  * served with the common server options (serve.c). */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -11,8 +12,9 @@
 #include "cli/serve.h"
 #include "ioplex/proto.h"
 
-#define PROG  "ioplex http"
-#define NHTTP 3 /* http's own option entries */
+#define PROG     "ioplex http"
+#define NHTTP    10 /* http's own option entries */
+#define MAX_HDRS 64 /* --header lines */
 
 static const struct serve_defaults defaults = {"127.0.0.1:8000", "60", 1};
 
@@ -20,6 +22,12 @@ struct http_opts {
     int no_listing;
     long max_header; /* 0: not given */
     const char *header_timeout;
+    int cors;
+    const char *headers[MAX_HDRS];
+    size_t nheaders;
+    const char *cache_control, *content_type;
+    int compress;
+    size_t compress_max, compress_memory; /* 0: not given */
 };
 
 static void usage(void)
@@ -36,9 +44,59 @@ static void usage(void)
           "      --max-header BYTES   request line + headers at most [8192]: 431\n"
           "                           (414 when the request line alone is longer)\n"
           "      --header-timeout SECS  a request head must arrive within [10]\n"
+          "      --cors               Access-Control-Allow-Origin: * on every response;\n"
+          "                           OPTIONS (preflight) answered 204\n"
+          "      --header 'NAME: VALUE'  add this header to every response (repeatable)\n"
+          "      --cache-control VALUE   Cache-Control on files\n"
+          "      --content-type TYPE  Content-Type of files with an unknown extension\n"
+          "                           [application/octet-stream]\n"
+          "      --compress           gzip, zstd or brotli for text, JSON, JavaScript, SVG,\n"
+          "                           XML and wasm files, compressed once per version\n"
+          "                           of a file and kept in memory (when >= 10 % smaller)\n"
+          "      --compress-max SIZE  only files up to SIZE bytes (k, M, G suffixes) [1M]\n"
+          "      --compress-memory SIZE  memory for compressed copies in all [64M]\n"
+          "Files FILE.br, FILE.zst, FILE.gz beside FILE (not older) are sent instead of\n"
+          "FILE to clients that accept them, with or without --compress.\n"
           "\n",
           stdout);
     serve_usage(stdout, &defaults);
+}
+
+static int add_header(const char *prog, const char *value, void *dest)
+{
+    struct http_opts *o = dest;
+    if (iop_http_header_check(value) < 0) {
+        /* The value is not echoed: a CR or LF in it would break the line. */
+        fprintf(stderr,
+                "%s: --header: want 'Name: value', a token name and no control "
+                "characters (CR, LF, ...)\n",
+                prog);
+        return -1;
+    }
+    if (o->nheaders == MAX_HDRS) {
+        fprintf(stderr, "%s: too many --header options (at most %d)\n", prog, MAX_HDRS);
+        return -1;
+    }
+    o->headers[o->nheaders++] = value;
+    return 0;
+}
+
+/* A byte count: digits and an optional k, M or G (powers of 1024). */
+static int size_opt(const char *prog, const char *value, void *dest)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(value, &end, 10);
+    unsigned shift = *end == 'k' || *end == 'K' ? 10 : *end == 'M' ? 20 : *end == 'G' ? 30 : 0;
+    if (shift)
+        end++;
+    if (errno || end == value || *end || value[0] == '-' || v == 0 || v > (1ull << 40) >> shift) {
+        fprintf(stderr, "%s: a size from 1 to 1T, such as 65536, 64k or 1M, not '%s'\n", prog,
+                value);
+        return -1;
+    }
+    *(size_t *)dest = (size_t)(v << shift);
+    return 0;
 }
 
 static void http_table(struct http_opts *o, struct opt *tab)
@@ -47,6 +105,13 @@ static void http_table(struct http_opts *o, struct opt *tab)
         {"no-listing", 0, OPT_FLAG, &o->no_listing, 0, 0, NULL},
         {"max-header", 0, OPT_INT, &o->max_header, 256, 1L << 20, NULL},
         {"header-timeout", 0, OPT_STR, &o->header_timeout, 0, 0, NULL},
+        {"cors", 0, OPT_FLAG, &o->cors, 0, 0, NULL},
+        {"header", 0, OPT_FUNC, o, 0, 0, add_header},
+        {"cache-control", 0, OPT_STR, &o->cache_control, 0, 0, NULL},
+        {"content-type", 0, OPT_STR, &o->content_type, 0, 0, NULL},
+        {"compress", 0, OPT_FLAG, &o->compress, 0, 0, NULL},
+        {"compress-max", 0, OPT_FUNC, &o->compress_max, 0, 0, size_opt},
+        {"compress-memory", 0, OPT_FUNC, &o->compress_memory, 0, 0, size_opt},
         {NULL, 0, OPT_FLAG, NULL, 0, 0, NULL},
     };
     memcpy(tab, own, sizeof own);
@@ -102,6 +167,22 @@ static int http_config(const struct http_opts *o, const char *dir, const struct 
     }
     hc->root = dir;
     hc->no_listing = o->no_listing;
+    hc->cors = o->cors;
+    hc->headers = o->headers;
+    hc->nheaders = o->nheaders;
+    const char *vals[2][2] = {{"cache-control", o->cache_control},
+                              {"content-type", o->content_type}};
+    for (int i = 0; i < 2; i++) {
+        if (vals[i][1] && iop_http_header_value_check(vals[i][1]) < 0) {
+            fprintf(stderr, "%s: --%s: an empty value or a control character\n", PROG, vals[i][0]);
+            return -1;
+        }
+    }
+    hc->cache_control = o->cache_control;
+    hc->compress = o->compress;
+    hc->compress_max = o->compress_max;
+    hc->compress_memory = o->compress_memory;
+    hc->default_type = o->content_type;
     hc->max_header = (size_t)o->max_header;
     if (o->header_timeout &&
         serve_secs(PROG, "header-timeout", o->header_timeout, &hc->header_timeout_ms) < 0)

@@ -99,6 +99,21 @@ static int skip_body(struct bconn *b, const struct http_req *req)
     return 0;
 }
 
+/* A multipart body: each part's text, then its slice of the compressed
+ * copy or of the file.  0 or -errno. */
+static int send_parts(iop_conn *c, const struct http_resp *r)
+{
+    int rc = 0;
+    for (int i = 0; i < r->nparts && rc == 0; i++) {
+        const struct http_part *p = &r->parts[i];
+        rc = iop_conn_sendall(c, r->body_alloc + p->text_off, p->text_len);
+        if (rc == 0 && p->len)
+            rc = r->z ? iop_conn_sendall(c, r->z->data + p->off, p->len)
+                      : iop_conn_sendfile(c, r->fd, (off_t)p->off, p->len);
+    }
+    return rc;
+}
+
 /* Send one response: 0, or -1 when the connection must end. */
 static int respond(struct bconn *b, const struct http_req *req, int err)
 {
@@ -108,7 +123,9 @@ static int respond(struct bconn *b, const struct http_req *req, int err)
     int rc = iop_conn_sendall(b->c, r.head, r.head_len);
     if (rc == 0 && r.body_len)
         rc = iop_conn_sendall(b->c, r.body, r.body_len);
-    if (rc == 0 && r.fd >= 0)
+    if (rc == 0 && r.nparts)
+        rc = send_parts(b->c, &r);
+    else if (rc == 0 && r.fd >= 0)
         rc = iop_conn_sendfile(b->c, r.fd, r.off, r.len);
     http_log(b->w, b->host, req, err, &r);
     int close = r.close;

@@ -137,14 +137,53 @@ static const char *peer_of(struct http_worker *w, iop_stream *s)
     return p->name;
 }
 
+/* A multipart body: per part its text (after the head, for the first)
+ * and its slice, lent from memory (a compressed copy, a mapped file) or
+ * sent from the file; then the closing boundary.  As queue_resp, but a
+ * part refused after the first was queued is -ECONNABORTED: the response
+ * is cut, the connection must end. */
+static int send_parts(iop_stream *s, const struct http_resp *r)
+{
+    const char *map = r->ent ? http_entry_map(r->ent) : NULL;
+    const char *mem = r->z ? r->z->data : map;
+    int rc = 0;
+    for (int i = 0; i < r->nparts; i++) {
+        const struct http_part *p = &r->parts[i];
+        struct iovec iov[2] = {{r->head, r->head_len}, {r->body_alloc + p->text_off, p->text_len}};
+        struct iovec *v = i ? iov + 1 : iov;
+        int cnt = i ? 1 : 2, k;
+        if (!p->len) {
+            k = iop_stream_writev(s, v, cnt);
+        } else if (r->z) {
+            http_zcopy_hold(r->z);
+            k = iop_stream_writev_ref(s, v, cnt, mem + p->off, p->len, http_zcopy_release, r->z);
+        } else if (map) {
+            http_entry_hold(r->ent);
+            k = iop_stream_writev_ref(s, v, cnt, map + p->off, p->len, http_entry_release, r->ent);
+        } else {
+            k = iop_stream_sendfilev(s, v, cnt, r->fd, (off_t)p->off, p->len, IOP_SENDFILE_DUP);
+        }
+        if (k < 0)
+            return i ? -ECONNABORTED : k;
+        rc = k > rc ? k : rc;
+    }
+    return rc;
+}
+
 /* Queue r: 0, 1 (the queue is full) or -errno, having sent nothing. */
 static int queue_resp(iop_stream *s, struct http_resp *r)
 {
     struct iovec iov[2] = {{r->head, r->head_len}, {(void *)(uintptr_t)r->body, r->body_len}};
+    if (r->nparts)
+        return send_parts(s, r);
     const char *map = r->ent ? http_entry_map(r->ent) : NULL;
     if (map) {
         http_entry_hold(r->ent);
         return iop_stream_writev_ref(s, iov, 1, map + r->off, r->len, http_entry_release, r->ent);
+    }
+    if (r->z && r->body_len) { /* a compressed copy: lent, as a mapping is */
+        http_zcopy_hold(r->z);
+        return iop_stream_writev_ref(s, iov, 1, r->body, r->body_len, http_zcopy_release, r->z);
     }
     if (r->fd >= 0)
         return iop_stream_sendfilev(s, iov, 1, r->fd, r->off, r->len, IOP_SENDFILE_DUP);

@@ -3,10 +3,12 @@
  *
  *   http_parse.c   request heads and chunked bodies: pure functions over
  *                  bytes, no allocation, fuzzed (tests/fuzz/fuzz_http.c)
- *   http_util.c    target -> path, containment (openat2), MIME types,
- *                  dates, ranges, ETags, directory listings
- *   http.c         the handler: responses, the open-file cache, both
- *                  handler styles (event and blocking)
+ *   http_util.c    target -> path, containment (openat2), dates, ranges,
+ *                  ETags, escaping, Locations
+ *   http_mime.c    MIME types
+ *   http_negotiate.c  Accept and Accept-Encoding (fuzz_http_negotiate.c)
+ *   http_listing.c directory listings (HTML and JSON)
+ * The server around them is http_srv.h's.
  *
  * Errors that become a response are negative HTTP status codes (-400,
  * -404, ...); other errors are negative errno values. */
@@ -28,6 +30,7 @@ struct http_str {
 enum http_method {
     HTTP_M_GET = 1,
     HTTP_M_HEAD,
+    HTTP_M_OPTIONS, /* answered with CORS on, else as HTTP_M_KNOWN */
     HTTP_M_KNOWN,   /* a registered method we do not allow: 405 */
     HTTP_M_UNKNOWN, /* a well-formed token we do not know: 501 */
 };
@@ -44,6 +47,8 @@ struct http_req {
     unsigned chunked : 1;     /* Transfer-Encoding ends in "chunked" */
     int64_t content_length;   /* -1: no Content-Length */
     struct http_str if_none_match, if_modified_since, range; /* values, OWS trimmed */
+    /* The first field line of each; {NULL, 0} when absent. */
+    struct http_str accept, accept_encoding, acr_headers; /* acr: Access-Control-Request- */
     /* If-None-Match is a list that may span several field lines: the
      * second to fourth (more are ignored). */
     struct http_str inm_more[3];
@@ -135,6 +140,8 @@ int http_open_beneath(int rootfd, const char *rel, int flags);
  * "application/octet-stream" when unknown.  Returned exactly as the table
  * has it (no charset added). */
 const char *http_mime_type(const char *name, size_t len);
+/* The same, NULL when the extension is unknown. */
+const char *http_mime_lookup(const char *name, size_t len);
 /* The table from another file (tests); NULL: /etc/mime.types.  Call
  * before the first http_mime_type (after it: -EALREADY); 0 or -errno. */
 int http_mime_load(const char *file);
@@ -154,6 +161,19 @@ int http_date_parse(const char *s, size_t n, time_t *out);
  *  -416 one range that no byte of the file satisfies (incl. size 0) */
 int http_range(const char *s, size_t n, uint64_t size, uint64_t *first, uint64_t *last);
 
+/* Several ranges (http_range.c): up to HTTP_RANGES_MAX specs, of which
+ * those no byte of the file satisfies are dropped and the rest sorted and
+ * coalesced (overlapping or adjacent ones merged) into out[]:
+ *   n > 0  the count in out (1: a single range, as http_range's)
+ *   0      serve the whole file: not understood, not "bytes=", more than
+ *          HTTP_RANGES_MAX specs, or more bytes asked for than the file has
+ *  -416    no spec is satisfiable */
+#define HTTP_RANGES_MAX 16
+struct http_byterange {
+    uint64_t first, last; /* inclusive */
+};
+int http_ranges(const char *s, size_t n, uint64_t size, struct http_byterange *out);
+
 /* If-Range value v[0..n) against the file's validators (RFC 9110
  * §13.1.5): 1 when the Range may be honoured, 0 when it must be ignored
  * (200 with the whole file).  An entity-tag matches by the strong
@@ -170,15 +190,6 @@ size_t http_etag(const struct stat *st, char *out);
 /* If-None-Match value against etag: 1 when "*" or any listed tag matches
  * by the weak comparison (W/ ignored on both sides), else 0. */
 int http_etag_match(const char *list, size_t n, const char *etag, size_t etag_len);
-
-/* An HTML page listing directory dirfd (not closed): title and heading
- * "Directory listing for DISPLAY" (display: the decoded URL path, e.g.
- * "/a b/", HTML-escaped here), entries sorted bytewise, "." and ".."
- * left out, directories (symlinks to directories too) with a trailing
- * '/', names HTML-escaped in the text and percent-encoded in the href
- * (everything but unreserved characters).  UTF-8 meta charset.  *body is
- * malloc'd.  0 or -errno. */
-int http_dir_listing(int dirfd, const char *display, char **body, size_t *len);
 
 /* Escape & < > " ' for HTML.  Returns the length it needs (without NUL);
  * writes at most outsz bytes including a NUL (snprintf-like). */
@@ -202,5 +213,62 @@ size_t http_dir_location(const char *rel, const struct http_str *query, char *ou
  * neither end its quotes nor reach a terminal as a control.  out needs 4 *
  * n bytes; not NUL-terminated.  Returns the bytes written. */
 size_t http_log_escape(const char *s, size_t n, char *out);
+
+/* ---- http_listing.c ------------------------------------------------------- */
+
+enum { HTTP_SORT_NAME, HTTP_SORT_SIZE, HTTP_SORT_TIME };
+
+struct http_listing_opts {
+    int sort; /* HTTP_SORT_* */
+    int desc;
+    int json;
+};
+
+/* A listing of directory dirfd (not closed), "." and ".." left out,
+ * directories first (symlinks to directories too), then by o->sort (ties
+ * by name, bytewise), o->desc reversing both groups; o NULL: by name.
+ * HTML (o->json 0): title and heading "Directory listing for DISPLAY"
+ * (display: the decoded URL path, e.g. "/a b/"), a table of name (a
+ * trailing '/' on directories), size (human; exact in title and
+ * data-bytes) and modified time, column heads that sort, a parent link
+ * unless display is "/", an inline stylesheet with a dark scheme.  JSON:
+ * [{"name","type" ("file", "dir", "other"),"size","mtime" (RFC 3339,
+ * UTC),"url"}].  Names are HTML- or JSON-escaped as text (bytes that are
+ * not printable UTF-8 become U+FFFD) and percent-encoded in hrefs and
+ * urls; directory hrefs keep a non-default sort.  *body is malloc'd and
+ * NUL-terminated.  0 or -errno. */
+int http_dir_listing(int dirfd, const char *display, const struct http_listing_opts *o, char **body,
+                     size_t *len);
+/* sort= and order= from a query string (anything else: name, asc). */
+void http_listing_query(struct http_str query, struct http_listing_opts *o);
+
+/* ---- http_negotiate.c: Accept and Accept-Encoding (pure, fuzzed) ------------ */
+
+/* One element of a comma-separated list with an optional q parameter
+ * (Accept, Accept-Encoding): name without parameters, q in thousandths
+ * (1000 when absent).  Elements whose q is malformed come back with q -1. */
+struct http_qitem {
+    struct http_str name;
+    int q;
+};
+/* The next element of *rest (advanced); 0 at the end.  Empty elements are
+ * skipped; commas inside quoted parameter values do not split. */
+int http_qlist_next(struct http_str *rest, struct http_qitem *it);
+
+/* Does an Accept value prefer application/json to HTML?  1 when
+ * application/json is listed with q > 0 and no less than the best of
+ * text/html, text/ * and * / *; else 0. */
+int http_accept_json(const char *s, size_t n);
+
+enum { HTTP_ENC_IDENTITY, HTTP_ENC_GZIP, HTTP_ENC_ZSTD, HTTP_ENC_BR, HTTP_ENC_N };
+/* The q of each coding (thousandths) by an Accept-Encoding value (s NULL:
+ * no header, identity only).  "*" gives its q to the codings not listed;
+ * identity not listed is acceptable as the last resort (q 1) unless
+ * "*;q=0" excludes it; "x-gzip" is gzip; names are case-insensitive. */
+void http_accept_encoding(const char *s, size_t n, int q[HTTP_ENC_N]);
+/* The coding to send among avail (bit 1 << HTTP_ENC_*; identity is always
+ * available): the highest q > 0, ties by br, zstd, gzip, identity.  -406
+ * when none is acceptable. */
+int http_encoding_choose(const int q[HTTP_ENC_N], unsigned avail);
 
 #endif

@@ -245,12 +245,13 @@ static int next_line(const char *b, size_t n, size_t *pos, struct http_str *line
 
 static int method_kind(struct http_str m)
 {
-    static const char *const known[] = {"POST",    "PUT",   "DELETE", "CONNECT",
-                                        "OPTIONS", "TRACE", "PATCH"};
+    static const char *const known[] = {"POST", "PUT", "DELETE", "CONNECT", "TRACE", "PATCH"};
     if (eq_exact(m, "GET"))
         return HTTP_M_GET;
     if (eq_exact(m, "HEAD"))
         return HTTP_M_HEAD;
+    if (eq_exact(m, "OPTIONS"))
+        return HTTP_M_OPTIONS;
     for (size_t i = 0; i < sizeof known / sizeof known[0]; i++)
         if (eq_exact(m, known[i]))
             return HTTP_M_KNOWN;
@@ -378,6 +379,12 @@ static int apply_field(struct http_str name, struct http_str v, struct fields *f
         keep_first(&req->if_modified_since, v);
     else if (eq_nocase(name, "range"))
         keep_first(&req->range, v);
+    else if (eq_nocase(name, "accept-encoding"))
+        keep_first(&req->accept_encoding, v);
+    else if (eq_nocase(name, "accept"))
+        keep_first(&req->accept, v);
+    else if (eq_nocase(name, "access-control-request-headers"))
+        keep_first(&req->acr_headers, v);
     return 0;
 }
 

@@ -39,6 +39,11 @@ struct http_fcache {
 struct iop_http {
     int rootfd;
     struct iop_http_config cfg; /* defaults applied */
+    /* Header lines (CRLF included) built once: extra goes on every
+     * response (CORS, --header), file_extra on files (Cache-Control). */
+    char *extra, *file_extra;
+    size_t extra_len, file_extra_len;
+    struct http_zcache *zcache; /* compressed copies (cfg.compress), or NULL */
     pthread_mutex_t lock;       /* guards workers */
     struct http_worker *workers;
     struct http_fcache shared;
@@ -62,6 +67,27 @@ struct fentry {
     size_t etag_len;
     const char *map; /* http_entry_map: the file's bytes, or NULL */
     int map_tried;
+    /* Precompressed siblings (FILE.gz, FILE.zst, FILE.br) found when the
+     * entry was opened, each held by it; [HTTP_ENC_IDENTITY] is unused.
+     * A sibling's coding is its own HTTP_ENC_*, 0 for a plain file. */
+    struct fentry *enc[HTTP_ENC_N];
+    int coding;
+};
+
+/* A compressed copy of one version of a file (http_compress.c).  data
+ * NULL: compressing did not pay; remembered so that it is not tried again.
+ * Immutable once made, but for refs and the table's links. */
+struct http_zcopy {
+    atomic_uint refs;
+    int coding; /* HTTP_ENC_* */
+    char *path;
+    uint32_t hash;
+    char *data;
+    size_t len;
+    char src_etag[64]; /* the identity ETag it was made from */
+    char etag[80];     /* its own: src_etag with the coding appended */
+    size_t etag_len;
+    struct http_zcopy *hnext, *prev, *next; /* bucket chain, LRU list */
 };
 
 struct hconn;
@@ -115,9 +141,19 @@ struct http_resp {
     int fd; /* file body, or -1 */
     off_t off;
     size_t len;
-    struct fentry *ent; /* held cache entry, or NULL: fd is ours to close */
+    struct fentry *ent;   /* held cache entry, or NULL: fd is ours to close */
+    struct http_zcopy *z; /* held compressed copy the body points into, or NULL */
+    /* multipart/byteranges: nparts parts (the last one the closing
+     * boundary, without data), their text in body_alloc, their data slices
+     * of the file (fd) or of z's bytes. */
+    struct http_part *parts;
+    int nparts;
+    char boundary[36];
     uint64_t log_bytes; /* body bytes, for the access log */
-    char small[768];    /* head is this, unless a long Location needed more */
+    const char *extra;  /* the server's header lines for every response */
+    size_t extra_len;
+    size_t head_extra; /* bytes of configured headers a head may carry */
+    char small[768];   /* head is this, unless a long Location needed more */
 };
 
 /* A cached file's bytes, mapped (read only, shared) at the first call:
@@ -129,6 +165,10 @@ struct http_resp {
  * fail with EFAULT (the connection closes), never SIGBUS.  A mapped entry
  * whose file changes is reopened rather than updated in place. */
 const char *http_entry_map(struct fentry *e);
+/* http_cache.c: the entry for rel, held (release with http_entry_release):
+ * from the worker's cache when it is still the file (fstat), else opened
+ * beneath the root.  0 or -errno. */
+int http_entry_get(struct http_worker *w, const char *rel, struct fentry **out);
 /* Hold / release an entry beyond its response (a body lent to a stream). */
 void http_entry_hold(struct fentry *e);
 void http_entry_release(void *e);
@@ -150,6 +190,71 @@ void http_respond(struct http_worker *w, const struct http_req *req, int err, in
  * memory. */
 void http_respond_unavailable(struct http_worker *w, const struct http_req *req,
                               struct http_resp *r);
+/* Room for a head of need bytes plus the configured headers: 0, or
+ * -ENOMEM.  Only before anything was put. */
+int http_head_reserve(struct http_resp *r, size_t need);
+/* Head building, for the other files of the core. */
+void http_head_begin(struct http_worker *w, struct http_resp *r, int status);
+void http_head_end(struct http_resp *r, const struct http_req *req);
+void http_put(struct http_resp *r, const char *s, size_t n);
+void http_puts(struct http_resp *r, const char *s);
+void http_error_page(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                     int status);
+
+/* http_headers.c: the configured header lines (iop_http_new) and the
+ * answer to OPTIONS when CORS is on. */
+int http_headers_init(iop_http *h);
+void http_headers_fini(iop_http *h);
+void http_options(struct http_worker *w, struct http_resp *r, const struct http_req *req);
+
+/* http_listing.c: the listing of directory dirfd as the response (*err 0),
+ * or *err < 0 (-errno) and nothing built. */
+void http_listing(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                  const char *rel, struct http_str query, int dirfd, int *err);
+
+/* http_encoding.c: precompressed siblings.  Open those of e (a regular
+ * file just opened) that are regular and not older than it. */
+void http_siblings_open(struct http_worker *w, struct fentry *e);
+/* Let go of e's siblings (e is being freed). */
+void http_siblings_drop(struct fentry *e);
+/* The representation of e to send for req: *rep is e or one of its
+ * siblings, held (e itself is released), *hdrs the header lines it adds
+ * (Content-Encoding, Vary; "" when the file has no other forms).  -406
+ * when Accept-Encoding accepts none (e released, *hdrs the Vary line). */
+int http_encoding_pick(struct http_worker *w, const struct http_req *req, struct fentry *e,
+                       struct fentry **rep, const char **hdrs, struct http_zcopy **z);
+/* etag (a quoted strong ETag of len bytes) with "-<coding>" appended inside
+ * its quotes, NUL-terminated in out[outsz]. */
+void http_etag_coded(const char *etag, size_t len, int coding, char *out, size_t outsz);
+
+/* http_compress.c: the table of compressed copies (cfg.compress).
+ * http_zcopy_get: the copy of e in coding, made now when there is none for
+ * this version of the file; held.  NULL when compressing does not pay, the
+ * file changed meanwhile, or memory ran out: send identity. */
+int http_zcache_new(iop_http *h);
+void http_zcache_free(iop_http *h);
+int http_compressible(const char *mime);
+struct http_zcopy *http_zcopy_get(iop_http *h, const struct fentry *e, int coding);
+void http_zcopy_hold(struct http_zcopy *c);
+void http_zcopy_release(void *c);
+
+/* One part of a multipart body: text (boundary line, part headers) at
+ * text_off in the response's body_alloc, then len bytes at off of the
+ * representation. */
+struct http_part {
+    size_t text_off, text_len;
+    uint64_t off, len;
+};
+
+/* Last-Modified, ETag and the configured file headers of e. */
+void http_file_headers(struct http_worker *w, struct http_resp *r, const struct fentry *e);
+/* http_range.c: the 206 multipart/byteranges answer for n > 1 coalesced
+ * ranges of the representation v (the file e, or the copy z of it; both
+ * held, and kept by r or released). */
+void http_serve_parts(struct http_worker *w, struct http_resp *r, const struct http_req *req,
+                      struct fentry *e, const struct fentry *v, struct http_zcopy *z,
+                      const char *hdrs, const struct http_byterange *rg, int n);
+
 /* After sending: release the file and any allocation. */
 void http_resp_done(struct http_worker *w, struct http_resp *r);
 

@@ -1,6 +1,7 @@
 /* fuzz_http_path.c - the request-target half of the HTTP server on hostile
  * input: http_target_split + http_path_resolve (against a simple
- * reference resolver, and for containment invariants), http_range,
+ * reference resolver, and for containment invariants), http_range and
+ * http_ranges,
  * http_date_parse, http_etag_match, http_if_range, the escapers, and
  * the Location of a directory (a path that decodes back to the resolved
  * one and can never name another host).  The first input
@@ -255,6 +256,24 @@ static void check_range(const char *s, size_t n, uint64_t size)
     if (rc != 0 && rc != 1 && rc != -416)
         abort();
     if (rc == 1 && (first > last || last >= size))
+        abort();
+    /* Several: sorted, disjoint and not adjacent, inside the file, no more
+     * bytes than it has; one range is http_range's answer. */
+    struct http_byterange rg[HTTP_RANGES_MAX];
+    int k = http_ranges(s, n, size, rg);
+    if (k < -416 || (k < 0 && k != -416) || k > HTTP_RANGES_MAX)
+        abort();
+    uint64_t total = 0;
+    for (int i = 0; i < k; i++) {
+        if (rg[i].first > rg[i].last || rg[i].last >= size)
+            abort();
+        if (i && rg[i].first <= rg[i - 1].last + 1)
+            abort();
+        total += rg[i].last - rg[i].first + 1;
+    }
+    if (k > 0 && total > size)
+        abort();
+    if (rc == 1 && (k != 1 || rg[0].first != first || rg[0].last != last))
         abort();
 }
 

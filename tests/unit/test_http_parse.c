@@ -158,14 +158,14 @@ IOP_TEST(http_methods, be)
         const char *m;
         int kind;
     } cases[] = {
-        {"GET", HTTP_M_GET},       {"HEAD", HTTP_M_HEAD},
-        {"POST", HTTP_M_KNOWN},    {"PUT", HTTP_M_KNOWN},
-        {"DELETE", HTTP_M_KNOWN},  {"CONNECT", HTTP_M_KNOWN},
-        {"OPTIONS", HTTP_M_KNOWN}, {"TRACE", HTTP_M_KNOWN},
-        {"PATCH", HTTP_M_KNOWN},   {"get", HTTP_M_UNKNOWN},
-        {"Head", HTTP_M_UNKNOWN},  {"GETS", HTTP_M_UNKNOWN},
-        {"GE", HTTP_M_UNKNOWN},    {"M-SEARCH", HTTP_M_UNKNOWN},
-        {"BREW", HTTP_M_UNKNOWN},  {"!#$%&'*+-.^_`|~09azAZ", HTTP_M_UNKNOWN},
+        {"GET", HTTP_M_GET},         {"HEAD", HTTP_M_HEAD},
+        {"POST", HTTP_M_KNOWN},      {"PUT", HTTP_M_KNOWN},
+        {"DELETE", HTTP_M_KNOWN},    {"CONNECT", HTTP_M_KNOWN},
+        {"OPTIONS", HTTP_M_OPTIONS}, {"TRACE", HTTP_M_KNOWN},
+        {"PATCH", HTTP_M_KNOWN},     {"get", HTTP_M_UNKNOWN},
+        {"Head", HTTP_M_UNKNOWN},    {"GETS", HTTP_M_UNKNOWN},
+        {"GE", HTTP_M_UNKNOWN},      {"M-SEARCH", HTTP_M_UNKNOWN},
+        {"BREW", HTTP_M_UNKNOWN},    {"!#$%&'*+-.^_`|~09azAZ", HTTP_M_UNKNOWN},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         char buf[128];
@@ -241,7 +241,7 @@ IOP_TEST(http_target, be)
     CHECK_STR(r.target, "http://example.com:8080/a?b");
     CHECK(parse("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n", &r) > 0);
     CHECK_STR(r.target, "*");
-    CHECK_EQ(r.method, HTTP_M_KNOWN);
+    CHECK_EQ(r.method, HTTP_M_OPTIONS);
     /* Bytes above 0x7f are the path resolver's business, not ours. */
     CHECK(parse("GET /caf\xc3\xa9 HTTP/1.1\r\nHost: x\r\n\r\n", &r) > 0);
     CHECK_STR(r.target, "/caf\xc3\xa9");
@@ -599,6 +599,23 @@ IOP_TEST(http_conditional_fields, be)
     CHECK(with_fields("X-Range: bytes=1-2\r\n", &r) > 0);
     CHECK(r.range.p == NULL && r.if_none_match.p == NULL && r.if_modified_since.p == NULL &&
           r.if_range.p == NULL);
+}
+
+IOP_TEST(http_negotiation_fields, be)
+{
+    (void)be;
+    struct http_req r;
+    CHECK(with_fields("ACCEPT-Encoding: br;q=0.5, gzip \r\n"
+                      "Accept: application/json\r\n"
+                      "Access-Control-Request-Headers: x-a, X-B\r\n"
+                      "Accept-Encoding: zstd\r\n"
+                      "Accept-Language: en\r\n",
+                      &r) > 0);
+    CHECK_STR(r.accept_encoding, "br;q=0.5, gzip");
+    CHECK_STR(r.accept, "application/json");
+    CHECK_STR(r.acr_headers, "x-a, X-B");
+    CHECK(with_fields("Accepts: x\r\nAccept-Encodings: y\r\n", &r) > 0);
+    CHECK(r.accept.p == NULL && r.accept_encoding.p == NULL && r.acr_headers.p == NULL);
 }
 
 /* ---- sizes -------------------------------------------------------------- */

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "ioplex/common.h"
+#include "ioplex/proto.h"
 #include "proto/http_int.h"
 #include "runner.h"
 
@@ -736,6 +737,71 @@ IOP_TEST(range_forms_and_edges, be)
     CHECK_EQ(last, 2);
 }
 
+/* "a-b,c-d" of the ranges out[0..n) (n <= 0: the number). */
+static void ranges_text(const struct http_byterange *rg, int n, char *out, size_t outsz)
+{
+    size_t len = 0;
+    if (n <= 0)
+        snprintf(out, outsz, "%d", n);
+    for (int i = 0; i < n; i++)
+        len += (size_t)snprintf(out + len, outsz - len, "%s%llu-%llu", i ? "," : "",
+                                (unsigned long long)rg[i].first, (unsigned long long)rg[i].last);
+}
+
+IOP_TEST(ranges_several, be)
+{
+    (void)be;
+    static const struct {
+        const char *s;
+        uint64_t size;
+        const char *want; /* the coalesced ranges, or "0" / "-416" */
+    } cases[] = {
+        {"bytes=0-0", 100, "0-0"},
+        {"bytes=0-4,10-14", 100, "0-4,10-14"},
+        {"bytes=10-14,0-4", 100, "0-4,10-14"},
+        {"bytes=0-4,5-9", 100, "0-9"},  /* adjacent */
+        {"bytes=0-9,5-14", 50, "0-14"}, /* overlapping */
+        {"bytes=0-1, 4-5 ,,8-9,", 100, "0-1,4-5,8-9"},
+        {"bytes=-5,0-0", 100, "0-0,95-99"},
+        {"bytes=200-300,0-1", 100, "0-1"}, /* the unsatisfiable one dropped */
+        {"bytes=200-300,400-", 100, "-416"},
+        {"bytes=0-99,0-0", 100, "0"},      /* more than the file */
+        {"bytes=0-49,50-99", 100, "0-99"}, /* exactly the file */
+        {"bytes=0-1,x", 100, "0"},         /* one bad spec: ignore the header */
+        {"bytes=,", 100, "0"},
+        {"items=0-1,2-3", 100, "0"},
+        {"bytes=0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,"
+         "28-28,30-30",
+         100,
+         "0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,28-28,"
+         "30-30"},
+        {"bytes=0-0,2-2,4-4,6-6,8-8,10-10,12-12,14-14,16-16,18-18,20-20,22-22,24-24,26-26,"
+         "28-28,30-30,32-32",
+         100, "0"},                    /* 17 specs */
+        {"bytes=0-0,0-0,0-0", 2, "0"}, /* 3 bytes asked of 2 */
+        {"bytes=0-", 0, "-416"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_byterange rg[HTTP_RANGES_MAX];
+        char got[512];
+        int n = http_ranges(cases[i].s, strlen(cases[i].s), cases[i].size, rg);
+        ranges_text(rg, n, got, sizeof got);
+        if (strcmp(got, cases[i].want) != 0)
+            iop_test_fail(__FILE__, __LINE__, "'%s' size %llu: %s, want %s", cases[i].s,
+                          (unsigned long long)cases[i].size, got, cases[i].want);
+    }
+    /* One range agrees with http_range. */
+    for (size_t i = 0; i < sizeof ranges / sizeof ranges[0]; i++) {
+        const struct range_case *c = &ranges[i];
+        struct http_byterange rg[HTTP_RANGES_MAX];
+        if (strchr(c->s, ','))
+            continue; /* several: http_range's 0 is "not mine" */
+        int n = http_ranges(c->s, strlen(c->s), c->size, rg);
+        if (n != c->rc || (n == 1 && (rg[0].first != c->first || rg[0].last != c->last)))
+            iop_test_fail(__FILE__, __LINE__, "'%s': http_ranges %d", c->s, n);
+    }
+}
+
 /* ---- ETags --------------------------------------------------------------- */
 
 IOP_TEST(etag_format, be)
@@ -1028,6 +1094,8 @@ IOP_TEST(dir_listing_awkward_names, be)
     write_file(d, "<script>&\"'.html", "");
     write_file(d, "100%#?.txt", "");
     write_file(d, "caf\xc3\xa9", "");
+    write_file(d, "bad\xff\xc3(", "");
+    write_file(d, "new\nline", "");
     write_file(d, "Zeta", "");
     write_file(d, ".hidden", "");
     CHECK(mkdirat(d, "a dir", 0755) == 0);
@@ -1039,40 +1107,163 @@ IOP_TEST(dir_listing_awkward_names, be)
 
     char *body = NULL;
     size_t len = 0;
-    CHECK_OK(http_dir_listing(d, "/a <b>&/", &body, &len));
+    CHECK_OK(http_dir_listing(d, "/a <b>&/", NULL, &body, &len));
     CHECK(body != NULL);
     CHECK_EQ(strlen(body), len);
     const char *at = body;
     expect_in(body, "<!DOCTYPE html>", &at, __LINE__);
     expect_in(body, "<meta charset=\"utf-8\">", &at, __LINE__);
+    expect_in(body, "<meta name=\"viewport\"", &at, __LINE__);
     expect_in(body, "<title>Directory listing for /a &lt;b&gt;&amp;/</title>", &at, __LINE__);
+    expect_in(body, "prefers-color-scheme:dark", &at, __LINE__);
     expect_in(body, "<h1>Directory listing for /a &lt;b&gt;&amp;/</h1>", &at, __LINE__);
-    /* Bytewise order: '.' < digits < '<' < upper < lower < 0xc3. */
+    expect_in(body,
+              "aria-sort=\"ascending\"><a id=\"sort-name\" href=\"?sort=name&amp;order=desc\"", &at,
+              __LINE__);
+    expect_in(body, "<a id=\"sort-size\" href=\"?sort=size&amp;order=asc\"", &at, __LINE__);
+    expect_in(body, "<a href=\"../\" rel=\"up\">", &at, __LINE__);
+    /* Directories first, then bytewise: '.' < digits < '<' < upper < lower
+     * < 0xc3; invalid UTF-8 and the newline shown as U+FFFD. */
     const char *items[] = {
-        "<li><a href=\".hidden\">.hidden</a></li>",
-        "<li><a href=\"100%25%23%3F.txt\">100%#?.txt</a></li>",
-        "<li><a href=\"%3Cscript%3E%26%22%27.html\">&lt;script&gt;&amp;&quot;&#39;.html</a></li>",
-        "<li><a href=\"Zeta\">Zeta</a></li>",
-        "<li><a href=\"a%20dir/\">a dir/</a></li>",
-        "<li><a href=\"b.txt\">b.txt</a></li>",
-        "<li><a href=\"caf%C3%A9\">caf\xc3\xa9</a></li>",
-        "<li><a href=\"dangling\">dangling</a></li>",
-        "<li><a href=\"link_to_dir/\">link_to_dir/</a></li>",
-        "<li><a href=\"link_to_file\">link_to_file</a></li>",
-        "<li><a href=\"sub/\">sub/</a></li>",
+        "<a href=\"a%20dir/\">a dir/</a>",
+        "<a href=\"link_to_dir/\">link_to_dir/</a>",
+        "<a href=\"sub/\">sub/</a>",
+        "<a href=\".hidden\">.hidden</a>",
+        "<a href=\"100%25%23%3F.txt\">100%#?.txt</a>",
+        "<a href=\"%3Cscript%3E%26%22%27.html\">&lt;script&gt;&amp;&quot;&#39;.html</a>",
+        "<a href=\"Zeta\">Zeta</a>",
+        "<a href=\"b.txt\">b.txt</a>",
+        "<a href=\"bad%FF%C3%28\">bad\xef\xbf\xbd\xef\xbf\xbd(</a>",
+        "<a href=\"caf%C3%A9\">caf\xc3\xa9</a>",
+        "<a href=\"dangling\">dangling</a>",
+        "<a href=\"link_to_file\">link_to_file</a>",
+        "<a href=\"new%0Aline\">new\xef\xbf\xbdline</a>",
     };
     for (size_t i = 0; i < sizeof items / sizeof items[0]; i++)
         expect_in(body, items[i], &at, __LINE__);
     expect_in(body, "</html>", &at, __LINE__);
-    CHECK_EQ(count_of(body, "<li>"), sizeof items / sizeof items[0]);
-    CHECK(strstr(body, "href=\".\"") == NULL && strstr(body, "href=\"..") == NULL);
-    CHECK(strstr(body, "not-listed") == NULL);
+    CHECK_EQ(count_of(body, "<tr><td"), sizeof items / sizeof items[0] + 1);
+    CHECK(strstr(body, "href=\".\"") == NULL && strstr(body, "not-listed") == NULL);
+    CHECK(strstr(body, "title=\"0 bytes\" data-bytes=\"0\">0 B</td>") != NULL);
     free(body);
 
     /* The caller's fd is neither closed nor used up: list it again. */
     CHECK(fcntl(d, F_GETFD) >= 0);
-    CHECK_OK(http_dir_listing(d, "/", &body, &len));
-    CHECK_EQ(count_of(body, "<li>"), sizeof items / sizeof items[0]);
+    CHECK_OK(http_dir_listing(d, "/", NULL, &body, &len));
+    CHECK_EQ(count_of(body, "<tr><td"), sizeof items / sizeof items[0]);
+    CHECK(strstr(body, "rel=\"up\"") == NULL);
+    free(body);
+    close(d);
+    rm_tree(dir);
+}
+
+static void set_file(int d, const char *name, size_t size, time_t mtime)
+{
+    int fd = openat(d, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    CHECK(fd >= 0);
+    CHECK(ftruncate(fd, (off_t)size) == 0);
+    struct timespec ts[2] = {{mtime, 0}, {mtime, 0}};
+    CHECK(futimens(fd, ts) == 0);
+    close(fd);
+}
+
+/* The names of body's rows, in order, joined by ' '. */
+static void row_names(const char *body, char *out, size_t outsz)
+{
+    size_t len = 0;
+    out[0] = '\0';
+    for (const char *p = body; (p = strstr(p, "<tr><td class=\"n\"><a href=\""));) {
+        p = strchr(p, '>') + 1;
+        p = strchr(p, '>') + 1;
+        p = strchr(p, '>') + 1;
+        const char *end = strchr(p, '<');
+        len +=
+            (size_t)snprintf(out + len, outsz - len, "%s%.*s", len ? " " : "", (int)(end - p), p);
+    }
+}
+
+IOP_TEST(dir_listing_sorted, be)
+{
+    (void)be;
+    char dir[64];
+    temp_dir(dir, sizeof dir);
+    int d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CHECK(d >= 0);
+    set_file(d, "big", 3u << 20, 1000);
+    set_file(d, "mid", 1536, 3000);
+    set_file(d, "small", 10, 2000);
+    CHECK(mkdirat(d, "zdir", 0755) == 0 && mkdirat(d, "adir", 0755) == 0);
+    struct timespec ts[2] = {{5000, 0}, {5000, 0}};
+    CHECK(utimensat(d, "adir", ts, 0) == 0);
+    ts[0].tv_sec = ts[1].tv_sec = 4000;
+    CHECK(utimensat(d, "zdir", ts, 0) == 0);
+    static const struct {
+        const char *query, *order, *keep;
+    } cases[] = {
+        {"", "adir/ zdir/ big mid small", "\""},
+        {"sort=name&order=desc", "zdir/ adir/ small mid big", "?sort=name&amp;order=desc\""},
+        {"sort=size", "adir/ zdir/ small mid big", "?sort=size&amp;order=asc\""},
+        {"order=desc&sort=size", "zdir/ adir/ big mid small", "?sort=size&amp;order=desc\""},
+        {"sort=time", "zdir/ adir/ big small mid", "?sort=time&amp;order=asc\""},
+        {"sort=time&order=desc", "adir/ zdir/ mid small big", "?sort=time&amp;order=desc\""},
+        {"sort=bogus&order=sideways", "adir/ zdir/ big mid small", "\""},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct http_listing_opts o;
+        http_listing_query((struct http_str){cases[i].query, strlen(cases[i].query)}, &o);
+        char *body, names[256], keep[128];
+        size_t len;
+        CHECK_OK(http_dir_listing(d, "/x/", &o, &body, &len));
+        row_names(body, names, sizeof names);
+        const char *rows = strstr(names, "../ ") ? names + 4 : names;
+        if (strcmp(rows, cases[i].order) != 0)
+            iop_test_fail(__FILE__, __LINE__, "%s: order '%s', want '%s'", cases[i].query, rows,
+                          cases[i].order);
+        /* Directory links (and the parent's) keep the sort. */
+        snprintf(keep, sizeof keep, "href=\"adir/%s", cases[i].keep);
+        CHECK(strstr(body, keep) != NULL);
+        snprintf(keep, sizeof keep, "href=\"../%s", cases[i].keep);
+        CHECK(strstr(body, keep) != NULL);
+        CHECK(strstr(body, "href=\"big\"") != NULL);
+        free(body);
+    }
+    char *body;
+    size_t len;
+    CHECK_OK(http_dir_listing(d, "/x/", NULL, &body, &len));
+    CHECK(strstr(body, "title=\"3145728 bytes\" data-bytes=\"3145728\">3.0 MiB</td>") != NULL);
+    CHECK(strstr(body, "title=\"1536 bytes\" data-bytes=\"1536\">1.5 KiB</td>") != NULL);
+    CHECK(strstr(body, "<time datetime=\"1970-01-01T00:50:00Z\">1970-01-01 00:50</time>") != NULL);
+    free(body);
+    close(d);
+    rm_tree(dir);
+}
+
+IOP_TEST(dir_listing_json, be)
+{
+    (void)be;
+    char dir[64];
+    temp_dir(dir, sizeof dir);
+    int d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    CHECK(d >= 0);
+    set_file(d, "q\"b\\s\x01\xfe", 7, 86400);
+    CHECK(mkdirat(d, "d", 0755) == 0);
+    struct timespec ts[2] = {{0, 0}, {0, 0}};
+    CHECK(utimensat(d, "d", ts, 0) == 0);
+    CHECK(symlinkat("nowhere", d, "dangling") == 0);
+    struct http_listing_opts o = {HTTP_SORT_NAME, 0, 1};
+    char *body;
+    size_t len;
+    CHECK_OK(http_dir_listing(d, "/", &o, &body, &len));
+    const char *at = body;
+    expect_in(body,
+              "[\n{\"name\":\"d\",\"type\":\"dir\",\"size\":0,"
+              "\"mtime\":\"1970-01-01T00:00:00Z\",\"url\":\"d/\"},\n",
+              &at, __LINE__);
+    expect_in(body, "{\"name\":\"dangling\",\"type\":\"other\",\"size\":0,", &at, __LINE__);
+    expect_in(body,
+              "{\"name\":\"q\\\"b\\\\s\xef\xbf\xbd\xef\xbf\xbd\",\"type\":\"file\","
+              "\"size\":7,\"mtime\":\"1970-01-02T00:00:00Z\",\"url\":\"q%22b%5Cs%01%FE\"}\n]\n",
+              &at, __LINE__);
     free(body);
     close(d);
     rm_tree(dir);
@@ -1087,15 +1278,19 @@ IOP_TEST(dir_listing_empty_and_errors, be)
     CHECK(d >= 0);
     char *body;
     size_t len;
-    CHECK_OK(http_dir_listing(d, "/", &body, &len));
-    CHECK_EQ(count_of(body, "<li>"), 0);
-    CHECK(strstr(body, "<ul>\n</ul>") != NULL);
+    CHECK_OK(http_dir_listing(d, "/", NULL, &body, &len));
+    CHECK_EQ(count_of(body, "<tr><td"), 0);
+    CHECK(strstr(body, "<tbody>\n</tbody>") != NULL);
+    free(body);
+    struct http_listing_opts json = {HTTP_SORT_NAME, 0, 1};
+    CHECK_OK(http_dir_listing(d, "/", &json, &body, &len));
+    CHECK(strcmp(body, "[]\n") == 0);
     free(body);
     write_file(d, "f", "");
     int f = openat(d, "f", O_RDONLY | O_CLOEXEC);
     CHECK(f >= 0);
     body = NULL;
-    CHECK_EQ(http_dir_listing(f, "/f", &body, &len), -ENOTDIR);
+    CHECK_EQ(http_dir_listing(f, "/f", NULL, &body, &len), -ENOTDIR);
     CHECK(body == NULL);
     close(f);
     close(d);
@@ -1120,12 +1315,12 @@ IOP_TEST(dir_listing_ten_thousand, be)
     }
     char *body;
     size_t len;
-    CHECK_OK(http_dir_listing(d, "/big/", &body, &len));
-    CHECK_EQ(count_of(body, "<li>"), N);
+    CHECK_OK(http_dir_listing(d, "/big/", NULL, &body, &len));
+    CHECK_EQ(count_of(body, "<tr><td class=\"n\"><a href=\"f"), N);
     const char *p = body;
     for (int i = 0; i < N; i++) {
         char li[64];
-        snprintf(li, sizeof li, "<li><a href=\"f%05d\">f%05d</a></li>\n", i, i);
+        snprintf(li, sizeof li, "<a href=\"f%05d\">f%05d</a>", i, i);
         const char *at = strstr(p, li);
         if (!at)
             iop_test_fail(__FILE__, __LINE__, "entry %d missing or out of order", i);
@@ -1134,4 +1329,26 @@ IOP_TEST(dir_listing_ten_thousand, be)
     free(body);
     close(d);
     rm_tree(dir);
+}
+
+/* ---- configured headers (http_headers.c) ----------------------------------- */
+
+IOP_TEST(header_check, be)
+{
+    (void)be;
+    static const char *const good[] = {"X-A: b", "X-A:b", "x!#$%&'*+-.^_`|~9: v a l",
+                                       "Cache-Control: max-age=60, public", "X: \xc3\xa9\t1"};
+    static const char *const bad[] = {
+        "",          "X-A",       ": v",     "X A: v",    "X-A:", "X-A:   ", "X-A: a\r\nB: c",
+        "X-A: a\nb", "X-A: \x7f", "X(A): v", "X-A: a\x01"};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++)
+        if (iop_http_header_check(good[i]) != 0)
+            iop_test_fail(__FILE__, __LINE__, "'%s' refused", good[i]);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        if (iop_http_header_check(bad[i]) != -EINVAL)
+            iop_test_fail(__FILE__, __LINE__, "'%s' accepted", bad[i]);
+    CHECK_EQ(iop_http_header_check(NULL), -EINVAL);
+    CHECK_EQ(iop_http_header_value_check("text/plain; charset=utf-8"), 0);
+    CHECK_EQ(iop_http_header_value_check(""), -EINVAL);
+    CHECK_EQ(iop_http_header_value_check("a\rb"), -EINVAL);
 }
