@@ -16,8 +16,6 @@
 
 /* ---- the server object ---------------------------------------------------- */
 
-static void entry_unref(struct fentry *e);
-
 int iop_http_new(const struct iop_http_config *cfg, iop_http **out)
 {
     *out = NULL;
