@@ -45,7 +45,7 @@ static void *spin_yield(iop_coro *co, void *arg)
 static double run_ours(long pairs)
 {
     iop_coro *co;
-    if (iop_coro_new(&co, spin_yield, NULL, 0) < 0) {
+    if (iop_coro_new(spin_yield, NULL, 0, &co) < 0) {
         fprintf(stderr, "iop_coro_new failed\n");
         exit(1);
     }

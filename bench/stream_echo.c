@@ -93,7 +93,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     iop_loop *loop;
-    int rc = iop_loop_new(&loop, iop_backend_parse(backend), flags);
+    int rc = iop_loop_new(iop_backend_parse(backend), flags, &loop);
     if (rc < 0) {
         fprintf(stderr, "stream_echo: %s: %s\n", backend, iop_strerror(rc));
         return 2;

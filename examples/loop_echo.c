@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     const char *addr = argc > 1 ? argv[1] : "127.0.0.1:8001";
     int kind = iop_backend_parse(argc > 2 ? argv[2] : "auto");
     iop_loop *loop;
-    int rc = kind < 0 ? kind : iop_loop_new(&loop, kind, 0);
+    int rc = kind < 0 ? kind : iop_loop_new(kind, 0, &loop);
     if (rc < 0) {
         fprintf(stderr, "loop_echo: %s\n", iop_strerror(rc));
         return 2;

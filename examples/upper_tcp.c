@@ -20,7 +20,7 @@ int main(int argc, char **argv)
     iop_server *srv;
     iop_addr addr;
     char text[IOP_ADDR_STRLEN];
-    if (iop_server_new(&srv, &cfg) < 0 ||
+    if (iop_server_new(&cfg, &srv) < 0 ||
         iop_server_listen(srv, argc > 1 ? argv[1] : "127.0.0.1:0") < 0)
         return 2;
     iop_server_addr(srv, 0, &addr);

@@ -12,7 +12,7 @@
  *           iop_coro_yield((void *)i, NULL);    // resume returns 0, *out = i
  *   }
  *   iop_coro *co;
- *   iop_coro_new(&co, count, NULL, 0);          // 0: default stack, 64 KiB
+ *   iop_coro_new(count, NULL, 0, &co);          // 0: default stack, 64 KiB
  *   iop_coro_resume(co, NULL, &out);            // out == 0, then 1, 2...
  *   iop_coro_free(co);
  *
@@ -76,7 +76,7 @@ enum iop_coro_status {
  * IOP_CORO_STACK_MIN: that); the guard page comes on top of it.  Nothing runs
  * before the first resume.  Errors: -ENOMEM (no memory or mappings),
  * -EINVAL (fn NULL, size absurd).  On success *out is set and 0 returned. */
-int iop_coro_new(iop_coro **out, iop_coro_fn fn, void *arg, size_t stack_size);
+int iop_coro_new(iop_coro_fn fn, void *arg, size_t stack_size, iop_coro **out);
 
 /* Run co until it yields (returns 0, *out = the yielded value) or fn returns
  * (returns 1, *out = fn's return value).  `in` is what the yield co is

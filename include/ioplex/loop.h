@@ -72,7 +72,7 @@ int iop_backend_parse(const char *name);
  * seccomp or kernel.io_uring_disabled: -EPERM, -ENOSYS) fails with its
  * error.  IOP_LOOP_EDGE with select or poll fails with -ENOTSUP; with AUTO it
  * skips them.  On success *out is set and 0 returned. */
-int iop_loop_new(iop_loop **out, int backend, unsigned flags);
+int iop_loop_new(int backend, unsigned flags, iop_loop **out);
 
 /* Free a loop.  Returns -EBUSY (and frees nothing) while handles are active
  * or ops in flight: stop them, run the loop until their callbacks have come,
@@ -337,7 +337,7 @@ int iop_op_cancel(iop_op *op);
 /* A ring of count (a power of two, <= 32768) buffers of size bytes each
  * that the kernel fills for iop_op_recv_multishot.  Owned by the caller;
  * free it only when no op uses it. */
-int iop_bufring_new(iop_loop *loop, iop_bufring **out, unsigned count, unsigned size);
+int iop_bufring_new(iop_loop *loop, unsigned count, unsigned size, iop_bufring **out);
 void iop_bufring_free(iop_bufring *br);
 void *iop_bufring_buf(iop_bufring *br, unsigned buf_id);
 unsigned iop_bufring_size(const iop_bufring *br);

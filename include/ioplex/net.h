@@ -15,14 +15,21 @@
  *   HOST:PORT        TCP.  HOST is a dotted-quad IPv4 address or a name, which
  *                    iop_addr_parse() resolves (the first IPv4 address, else
  *                    the first IPv6 one).
- *   :PORT            TCP on every IPv4 interface: 0.0.0.0:PORT.  For every
- *                    IPv6 interface say [::]:PORT; v6 listeners are v6-only,
- *                    so the two can be bound side by side.
+ *   :PORT            TCP on every interface, IPv6 and IPv4: iop_listen()
+ *                    binds one [::] socket with IPV6_V6ONLY off (IPv4
+ *                    clients arrive as ::ffff:a.b.c.d), or 0.0.0.0 where
+ *                    IPv6 is absent.  Parsed, it is 0.0.0.0:PORT marked
+ *                    `dual` (so a client connecting to it reaches this host
+ *                    over IPv4, as before).
+ *   0.0.0.0:PORT     TCP on every IPv4 interface only.
+ *   [::]:PORT        TCP on every IPv6 interface only: an explicit address
+ *                    means that family alone (as nginx's [::]:80), so
+ *                    [::]:P and 0.0.0.0:P can be bound side by side.
  *   [V6]:PORT        TCP over IPv6; V6 may carry a zone, [fe80::1%2]:80 (an
  *                    interface name after % is looked up by iop_addr_parse()).
  *   unix:PATH        a Unix stream socket at PATH (1 to 107 bytes).
  *   unix:@NAME       a Linux abstract Unix socket (no file), NAME 1-107 bytes.
- *   udp:HOST:PORT    UDP; udp::PORT and udp:[V6]:PORT as above.
+ *   udp:HOST:PORT    UDP; udp::PORT (dual-stack) and udp:[V6]:PORT as above.
  *
  * PORT is decimal, 0 to 65535; 0 asks the kernel for a free port (read it
  * back with iop_local_addr()).  A host literally named "unix" or "udp" must
@@ -66,6 +73,11 @@ enum iop_addr_kind {
 typedef struct iop_addr {
     int kind;      /* enum iop_addr_kind */
     socklen_t len; /* bytes of u that are meaningful */
+    /* TCP/UDP: both families.  With AF_INET (only 0.0.0.0, as `:PORT`
+     * parses) iop_listen() binds [::] dual-stack, else 0.0.0.0; with
+     * AF_INET6 the socket is not IPV6_V6ONLY (what iop_local_addr() reports
+     * for such a socket, so binding its address again gives the same). */
+    int dual;
     union {
         struct sockaddr sa;
         struct sockaddr_in in4;
@@ -109,7 +121,10 @@ int iop_addr_parse_len(const char *text, size_t len, unsigned flags, iop_addr *o
 
 /* Write addr as text, NUL-terminated, in the form parsing reads back to the
  * same address: 127.0.0.1:43125, [::1]:8000, [fe80::1%2]:80 (zone as a
- * number), unix:/tmp/x.sock, unix:@name, udp:127.0.0.1:9000.  An unnamed
+ * number), :8000 (dual, as parsed), unix:/tmp/x.sock, unix:@name,
+ * udp:127.0.0.1:9000.  The one exception: a bound dual-stack socket
+ * (iop_local_addr(): AF_INET6, dual) is written [::]:PORT, the `listening`
+ * line users know from other servers, which parses back v6-only.  An unnamed
  * Unix socket (a connecting client's) is "unix:".  Returns the length
  * written (without the NUL), -ENOSPC if buflen is too small (buf then holds
  * "" if buflen > 0), -EINVAL if addr is not a valid address of its kind (or
@@ -136,7 +151,11 @@ struct iop_listen_opts {
  * Always: TCP sets SO_REUSEADDR (a restarted server can bind while old
  * connections linger in TIME_WAIT); UDP does not (on Linux it would let a
  * second process bind the same port and steal datagrams).  IPv6 sockets
- * are IPV6_V6ONLY, so [::]:P and :P may both be bound.
+ * are IPV6_V6ONLY unless addr is dual, so [::]:P and 0.0.0.0:P may both be
+ * bound.  A dual 0.0.0.0 (`:PORT`) is bound as [::] dual-stack; where
+ * IPv6 is absent (no AF_INET6 sockets: EAFNOSUPPORT, or :: cannot be
+ * bound: EADDRNOTAVAIL) as 0.0.0.0.  Read back what it became with
+ * iop_local_addr().
  *
  * Unix: if PATH exists, it is replaced only if it is a socket that nobody
  * listens on (a connect attempt is refused) - the file a crashed server
@@ -158,7 +177,8 @@ int iop_listen(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd
 
 /* The address fd is bound to, with the real port when it was bound to port
  * 0: what the `listening ADDR` line prints.  The kind comes from the
- * socket's type (TCP, UDP, or Unix stream).  On failure *out is zeroed.
+ * socket's type (TCP, UDP, or Unix stream); dual is set for an IPv6 socket
+ * that is not IPV6_V6ONLY.  On failure *out is zeroed.
  *   -EBADF, -ENOTSOCK   not an open socket
  *   -EAFNOSUPPORT       not an IPv4, IPv6 or Unix socket
  *   -EPROTONOSUPPORT    a socket type this layer does not serve (raw, Unix

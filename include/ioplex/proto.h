@@ -2,8 +2,9 @@
  *
  * Each protocol fills a struct iop_handler with both styles (event-style
  * callbacks and a blocking-style handle()), so it runs under every model.
- * Its configuration travels as the server's data (iop_server_config.data)
- * and must outlive the server.
+ * Its configuration travels in the handler (iop_handler.ctx) and must
+ * outlive the server; the server's data (iop_server_config.data) stays
+ * yours.
  *
  * Echo (SPEC §2 `ioplex echo`):
  *   raw      every byte back, in order
@@ -16,6 +17,12 @@
  * upper (ASCII letters of the payload) and prefix (lines and frames only)
  * shape the replies; greeting is sent once on connect (raw bytes, or one
  * frame when framed); a udp: listener answers each datagram with one.
+ * A graceful stop finishes what is in flight: every byte received before
+ * it is echoed (within the grace), then the server closes its side (FIN)
+ * and, in the event model, reads and discards what still comes until the
+ * FIN is acknowledged or the peer closes, so that no reset destroys the
+ * last replies.  A message left half-read when the input pauses gets no
+ * reply.
  */
 #ifndef IOPLEX_PROTO_H
 #define IOPLEX_PROTO_H
@@ -43,7 +50,7 @@ struct iop_echo_config {
 };
 
 /* Check cfg (prefix with raw mode is -EINVAL) and fill *h with the echo
- * handler.  Pass cfg as the server's data. */
+ * handler, which carries cfg (h->ctx). */
 int iop_echo_handler(const struct iop_echo_config *cfg, struct iop_handler *h);
 
 /* ---- HTTP/1.1 static files (SPEC §2 `ioplex http`) ---------------------
@@ -99,8 +106,8 @@ int iop_http_header_value_check(const char *value);
 /* Open cfg->root (-ENOTDIR, -ENOENT, ...) and make the server state;
  * -EINVAL for a header, Cache-Control or type that does not pass the
  * checks above. */
-int iop_http_new(iop_http **out, const struct iop_http_config *cfg);
-/* Fill *h with the HTTP handler; pass http as the server's data. */
+int iop_http_new(const struct iop_http_config *cfg, iop_http **out);
+/* Fill *h with the HTTP handler, which carries http (h->ctx). */
 void iop_http_handler(iop_http *http, struct iop_handler *h);
 /* After the server that used it is freed. */
 void iop_http_free(iop_http *http);

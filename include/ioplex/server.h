@@ -20,7 +20,9 @@
  * finish) reads like socketserver's BaseRequestHandler and runs unchanged
  * under iterative, thread, fork and coro, using iop_conn_recv / send /
  * sendall / recv_exact / readline.  Datagram listeners call on_datagram in
- * every model, on a reactor or a dedicated thread.
+ * every model, on the thread that accepts (under iterative, only between
+ * connections).  Every model accepts, pauses at max_conns, sheds when out
+ * of fds, and stops the same way: see iop_server_run.
  *
  * The library never prints: the caller prints `listening ADDR` lines from
  * iop_server_addr(), and diagnostics come through config.log.
@@ -32,12 +34,14 @@
 #ifndef IOPLEX_SERVER_H
 #define IOPLEX_SERVER_H
 
+#include <limits.h>
 #include <stddef.h>
 #include <sys/types.h>
 
 #include "ioplex/loop.h"
 #include "ioplex/net.h"
 #include "ioplex/stream.h"
+#include "ioplex/tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -102,7 +106,24 @@ struct iop_handler {
     /* ---- datagrams (udp: listeners), every model ---- */
     /* One datagram (lent until return); answer with iop_datagram_reply. */
     void (*on_datagram)(iop_datagram *d, const char *buf, size_t n);
+
+    /* The handler's own state, for its callbacks to find with
+     * iop_server_handler_ctx(): a protocol's (proto.h's handlers set it),
+     * so that the server's data (cfg.data) stays the user's.  Kept as
+     * given; must outlive the server. */
+    void *ctx;
 };
+
+/* What iop_server_new puts in a member of the config left 0. */
+#define IOP_SERVER_DEFAULT_MAX_CONNS  10000u
+#define IOP_SERVER_DEFAULT_GRACE_MS   10000u
+#define IOP_SERVER_DEFAULT_HIGH_WATER ((size_t)1 << 20)
+#define IOP_SERVER_DEFAULT_STACK_SIZE ((size_t)64 << 10)
+/* grace_ms: no grace.  A graceful stop still asks every connection to end
+ * (on_stop, iop_conn_set_idle waits), then closes what is left at the next
+ * loop iteration instead of waiting.  (Any other value is a time, so the
+ * longest grace is UINT_MAX - 1 ms.) */
+#define IOP_SERVER_GRACE_NONE UINT_MAX
 
 struct iop_server_config {
     int model;                /* IOP_MODEL_*; 0: event */
@@ -111,11 +132,16 @@ struct iop_server_config {
     unsigned workers;         /* reactor threads per process (event, coro); 0: 1 */
     unsigned processes;       /* pre-forked worker processes; 0: serve here */
     unsigned max_conns;       /* open connections at most (also threads /
-                               * processes); past it, stop accepting; 0: 10000 */
+                               * processes); past it, stop accepting; 0:
+                               * IOP_SERVER_DEFAULT_MAX_CONNS */
     unsigned idle_timeout_ms; /* close a connection idle that long; 0: never */
-    unsigned grace_ms;        /* graceful stop: at most this long; 0: 10000 */
-    size_t high_water;        /* write queue mark per connection; 0: 1 MiB */
-    size_t stack_size;        /* coro: stack per connection; 0: 64 KiB */
+    unsigned grace_ms;        /* graceful stop: at most this long; 0:
+                               * IOP_SERVER_DEFAULT_GRACE_MS;
+                               * IOP_SERVER_GRACE_NONE: none */
+    size_t high_water;        /* write queue mark per connection; 0:
+                               * IOP_SERVER_DEFAULT_HIGH_WATER */
+    size_t stack_size;        /* coro: stack per connection; 0:
+                               * IOP_SERVER_DEFAULT_STACK_SIZE */
     const struct iop_handler *handler;
     void *data; /* iop_server_data(), handed to every callback's conn */
     /* Diagnostics (a line, no newline): EMFILE, worker died, ... NULL: silent. */
@@ -127,7 +153,7 @@ struct iop_server_config {
  * pointers kept as given).  -EINVAL: no handler, the model's required
  * callback (on_data for event, handle for the others) is missing, or
  * workers > 1 with a blocking model. */
-int iop_server_new(iop_server **out, const struct iop_server_config *cfg);
+int iop_server_new(const struct iop_server_config *cfg, iop_server **out);
 
 /* Bind a listener now (so the caller can report it, and so that a busy
  * port fails before anything runs).  Returns the listener's index, or a
@@ -137,13 +163,24 @@ int iop_server_listen(iop_server *srv, const char *addr);
  * the server owns it from here.  Returns the index. */
 int iop_server_adopt(iop_server *srv, int fd);
 size_t iop_server_listeners(const iop_server *srv);
+/* Listener i speaks TLS with tls (a server context, which must outlive the
+ * server): the handshake runs before verify, and the handler's calls read
+ * and write plaintext, in every model.  -EINVAL: no such stream listener,
+ * or a client context. */
+int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls);
 /* The real address of listener i (port 0 resolved): the `listening` line. */
 int iop_server_addr(const iop_server *srv, size_t i, iop_addr *out);
 
 /* Serve until iop_server_shutdown() (or SIGINT/SIGTERM when the caller has
  * passed them here with iop_server_handle_signals), then stop gracefully:
- * stop accepting, let connections finish within grace_ms, close the rest.
- * Returns 0, or a negative errno if serving could not start (-EPERM when
+ * stop accepting (the listening sockets are shut down, so the kernel
+ * refuses new clients), ask every connection to end (event: on_stop;
+ * blocking style: waits of connections marked iop_conn_set_idle end), let
+ * the rest finish within grace_ms, close what is left.  At max_conns open
+ * connections accepting pauses until one closes; out of fds (EMFILE) the
+ * waiting clients are accepted and closed at once and accepting resumes
+ * after a pause; a listening socket that fails otherwise is logged and no
+ * longer served.  Returns 0, or a negative errno if serving could not start (-EPERM when
  * io_uring is refused for an explicit uring backend, -ENOTSUP for a model
  * this build lacks...). */
 int iop_server_run(iop_server *srv);
@@ -164,7 +201,10 @@ int iop_server_handle_signals(iop_server *srv);
 /* server_close: close listeners (unlinking Unix socket files this server
  * created) and free.  Not while running. */
 void iop_server_free(iop_server *srv);
+/* cfg.data: the user's; no handler of this library uses it. */
 void *iop_server_data(const iop_server *srv);
+/* cfg.handler->ctx: the handler's own state. */
+void *iop_server_handler_ctx(const iop_server *srv);
 
 /* ---- connections ------------------------------------------------------ */
 

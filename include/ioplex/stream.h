@@ -38,6 +38,7 @@
 #include <sys/uio.h>
 
 #include "ioplex/loop.h"
+#include "ioplex/tls.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -88,6 +89,26 @@ void iop_stream_ctx_foreach(iop_stream_ctx *ctx, void (*fn)(iop_stream *s, void 
  * also when this call fails) and makes it non-blocking.  Reading does not
  * start until iop_stream_read_start(). */
 int iop_stream_open(iop_stream_ctx *ctx, int fd, iop_stream **out);
+
+/* Speak TLS on s (ioplex/tls.h), right after iop_stream_open: a server
+ * context, or a client context with server_name for SNI and the check of
+ * the peer's certificate.  on_read, writes, files and on_drain then deal
+ * in plaintext on every backend; writes made before the handshake ends
+ * wait for it.  A handshake not done within 10 s (or the idle timeout,
+ * if shorter) fails the stream with -ETIMEDOUT; a peer that breaks the
+ * protocol with -EPROTO (iop_stream_tls_why() says how).  Files are read
+ * with pread and encrypted a bounded piece at a time, so a file truncated
+ * meanwhile fails the stream with -EIO.  0, -EINVAL (a client context
+ * without a name, or bytes already written), -ENOMEM. */
+int iop_stream_tls(iop_stream *s, iop_tls_ctx *tls, const char *server_name);
+/* fn(arg, s, err) when a TLS handshake fails on a stream of ctx (err:
+ * -EPROTO, -ETIMEDOUT, -ECONNRESET...), just before on_read hears of it:
+ * for a server's log. */
+void iop_stream_ctx_on_tls_fail(iop_stream_ctx *ctx,
+                                void (*fn)(void *arg, const iop_stream *s, int err), void *arg);
+/* Why TLS failed on s, or NULL; the protocol ALPN chose (NULL: none). */
+const char *iop_stream_tls_why(const iop_stream *s);
+const char *iop_stream_tls_alpn(const iop_stream *s, size_t *len);
 
 void iop_stream_set_data(iop_stream *s, void *data);
 void *iop_stream_data(const iop_stream *s);

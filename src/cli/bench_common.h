@@ -38,7 +38,7 @@
 #include "ioplex/stream.h"
 
 #define BENCH_DRAIN_MS 5000 /* after the window: how long answers may take */
-#define BENCH_NOPTS    12   /* entries bench_opts_table() writes */
+#define BENCH_NOPTS    15   /* entries bench_opts_table() writes */
 
 /* ---- options ------------------------------------------------------------ */
 
@@ -48,6 +48,11 @@ struct bench_opts {
     const char *backend;
     int edge, no_spin, json, help;
     const char *target; /* ADDR or URL: the one positional */
+    /* TLS: --tls (echo) or an https:// URL; --cacert FILE, --insecure */
+    int tls, insecure;
+    const char *cacert;
+    char tls_name[256]; /* SNI and the name checked: the target's host */
+    const char *alpn;   /* "http/1.1" for http */
 };
 
 void bench_opts_init(struct bench_opts *o);
@@ -180,6 +185,7 @@ struct bench_run {
     double step;             /* open loop: ns between consecutive connections' */
     int done_fd;             /* eventfd: a worker finished */
     pthread_mutex_t wake_mu; /* iop_async_send must not race iop_async_stop */
+    iop_tls_ctx *tls;        /* client context when the target speaks TLS */
 };
 
 /* Merged over the threads, after the run. */
@@ -220,5 +226,24 @@ void bench_reopen(struct bconn *c);
 struct bconn *bench_conn(const struct bench_thread *t, size_t i);
 /* JSON string (quotes added, escaped) */
 void bench_json_str(FILE *f, const char *s);
+
+/* ---- between the bench_*.c files ---------------------------------------- */
+
+uint64_t bench_t_end(const struct bench_run *r); /* the counted window's end, ns */
+/* Allocate thread t's connections, numbered from first_active (active
+ * ones) and first_idle (idle ones): 0 or -ENOMEM. */
+int bench_thread_conns(struct bench_thread *t, uint32_t first_active, uint32_t first_idle);
+/* A worker thread: set up, pass the start gate, run, tear down. */
+void *bench_thread_main(void *arg);
+/* Wait for every started worker at the gate; then fix the timeline (unless
+ * a worker failed) and let them all go. */
+void bench_gate_open(struct bench_run *r, int started);
+/* CPU clock ticks of pid and its children, living and reaped; -1: gone. */
+long long bench_proc_ticks(long pid);
+/* The report of a finished run (cpu0, cpu1: server ticks at the counted
+ * window's ends, -1 unknown): CLI_OK, or CLI_FAIL after errors. */
+int bench_report(const struct bench_run *r, long long cpu0, long long cpu1);
+/* "kind N, kind N" of the errors counted in tot (json: as JSON members). */
+void bench_err_kinds(const struct bench_totals *tot, FILE *f, int json);
 
 #endif

@@ -275,6 +275,13 @@ int cmd_bench_echo(int argc, char **argv)
         return rc > 0 ? CLI_OK : CLI_USAGE;
     if (parse_addr(o.target, &addr) < 0)
         return CLI_USAGE;
+    if (o.tls && addr.kind == IOP_ADDR_TCP) { /* the host checked: "[::1]:9" -> "::1" */
+        const char *t = o.target + (o.target[0] == '[');
+        size_t n = strcspn(t, "]");
+        if (t == o.target)
+            n = (size_t)(strrchr(t, ':') - t);
+        snprintf(o.tls_name, sizeof o.tls_name, "%.*s", (int)n, t);
+    }
     if (echo_conf(&eo, &e) < 0) {
         fprintf(stderr, "%s: out of memory\n", PROG);
         return CLI_FAIL;

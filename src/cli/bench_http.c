@@ -488,7 +488,7 @@ static void usage(void)
           "between responses is opened again and counted (\"reopened\").  Status\n"
           "counts cover every response, warm-up included; codes other than 2xx and\n"
           "3xx are reported, not counted as errors.\n"
-          "URL: http://HOST[:PORT][/PATH[?QUERY]] (no https).\n"
+          "URL: http[s]://HOST[:PORT][/PATH[?QUERY]].\n"
           "\n"
           "HTTP options:\n"
           "  -p, --pipeline P       requests in flight per connection [1]\n"
@@ -536,19 +536,26 @@ static const char *authority(const char *url, const char *p, size_t *hostlen, lo
 }
 
 /* Split url, resolve its host, and write the request. */
-static int parse_url(const char *url, struct http_conf *h, iop_addr *addr)
+static int parse_url(const char *url, struct bench_opts *o, struct http_conf *h, iop_addr *addr)
 {
     const char *why = NULL;
-    if (!strncasecmp(url, "https://", 8))
-        return bad_url(url, "https is not supported");
-    if (strncasecmp(url, "http://", 7))
-        return bad_url(url, "not an http:// URL");
-    size_t hostlen;
+    int tls = !strncasecmp(url, "https://", 8);
+    if (!tls && strncasecmp(url, "http://", 7))
+        return bad_url(url, "not an http:// or https:// URL");
+    size_t hostlen, skip = tls ? 8 : 7;
     long port;
-    const char *p = authority(url, url + 7, &hostlen, &port, &why);
+    const char *p = authority(url, url + skip, &hostlen, &port, &why);
     if (why)
         return bad_url(url, why);
-    const char *host = url + 7, *path = p;
+    const char *host = url + skip, *path = p;
+    if (tls) {
+        o->tls = 1;
+        o->alpn = "http/1.1";
+        if (p == host + hostlen) /* no port given */
+            port = 443;
+        int br = host[0] == '[';
+        snprintf(o->tls_name, sizeof o->tls_name, "%.*s", (int)hostlen - 2 * br, host + br);
+    }
     size_t pathlen = strcspn(path, "#");
     for (size_t i = 0; i < pathlen; i++)
         if ((unsigned char)path[i] <= 0x20 || path[i] == 0x7f)
@@ -599,7 +606,7 @@ int cmd_bench_http(int argc, char **argv)
         return rc > 0 ? CLI_OK : CLI_USAGE;
     memset(&h, 0, sizeof h);
     h.pipeline = (unsigned)pipeline;
-    if (parse_url(o.target, &h, &addr) < 0)
+    if (parse_url(o.target, &o, &h, &addr) < 0)
         return CLI_USAGE;
     struct bench_proto proto = http_proto;
     proto.cap = h.pipeline;

@@ -317,7 +317,7 @@ static int bench_open(struct bench *b, const struct choice *c, int n, struct row
 {
     memset(b, 0, sizeof *b);
     b->n = n;
-    int rc = iop_loop_new(&b->loop, c->kind, 0);
+    int rc = iop_loop_new(c->kind, 0, &b->loop);
     if (rc < 0) {
         b->loop = NULL;
         snprintf(out->why, sizeof out->why, "unavailable: %s", iop_strerror(rc));
@@ -398,7 +398,7 @@ static const struct choice *find_choice(int kind, int edge)
 static int resolve_auto(void)
 {
     iop_loop *l;
-    int rc = iop_loop_new(&l, IOP_BACKEND_AUTO, 0);
+    int rc = iop_loop_new(IOP_BACKEND_AUTO, 0, &l);
     if (rc < 0)
         return rc;
     rc = iop_backend_parse(iop_loop_backend(l));

@@ -119,6 +119,5 @@ int cmd_echo(int argc, char **argv)
         return CLI_USAGE;
     }
     cfg.handler = &h;
-    cfg.data = &ec;
     return serve_run(PROG, &so, &cfg);
 }

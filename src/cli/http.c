@@ -138,6 +138,7 @@ static int parse(int argc, char **argv, struct serve_opts *so, struct http_opts 
 {
     struct opt tab[SERVE_NOPTS + NHTTP + 1];
     serve_opts_init(so);
+    so->tls_alpn = "http/1.1";
     memset(o, 0, sizeof *o);
     http_table(o, tab + serve_opts_table(so, tab));
     int npos = serve_parse(PROG, tab, argc, argv, so, 1, usage);
@@ -206,14 +207,13 @@ int cmd_http(int argc, char **argv)
     if (serve_config(PROG, &so, &defaults, &cfg) < 0 || http_config(&o, dir, &so, &hc) < 0)
         return CLI_USAGE;
     iop_http *http;
-    if ((rc = iop_http_new(&http, &hc)) < 0) {
+    if ((rc = iop_http_new(&hc, &http)) < 0) {
         fprintf(stderr, "%s: '%s': %s\n", PROG, dir, iop_strerror(rc));
         return CLI_USAGE;
     }
     struct iop_handler h;
     iop_http_handler(http, &h);
     cfg.handler = &h;
-    cfg.data = http;
     rc = serve_run(PROG, &so, &cfg);
     iop_http_free(http);
     return rc;

@@ -12,7 +12,7 @@
  *     ... tab[k++] = own options, then a zeroed terminator ...
  *     opt_parse(prog, tab, argc, argv);
  *     serve_config(prog, &so, &defaults, &cfg);
- *     cfg.handler = &h; cfg.data = &proto_cfg;
+ *     cfg.handler = &h;   (a stock protocol's handler carries its state)
  *     return serve_run(prog, &so, &cfg);
  *
  * Every error before serving starts is one line on stderr and exit status
@@ -27,7 +27,7 @@
 #include "ioplex/server.h"
 
 #define SERVE_MAX_LISTEN 64
-#define SERVE_NOPTS      12 /* entries serve_opts_table() writes */
+#define SERVE_NOPTS      15 /* entries serve_opts_table() writes */
 
 /* The common options as typed (strings are checked by serve_config). */
 struct serve_opts {
@@ -40,6 +40,8 @@ struct serve_opts {
     int edge, quiet, help;
     long workers, processes, max_conns; /* 0: not given */
     long stack_kib;                     /* coro stack, KiB; 0: 64 */
+    const char *tls_cert, *tls_key, *tls_password_file;
+    const char *tls_alpn; /* set by the subcommand: "http/1.1", or NULL */
 };
 
 /* What differs between subcommands. */

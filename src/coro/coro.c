@@ -199,7 +199,7 @@ static int ctx_init(iop_coro *co, void *top)
 
 /* ---- the API --------------------------------------------------------------- */
 
-int iop_coro_new(iop_coro **out, iop_coro_fn fn, void *arg, size_t stack_size)
+int iop_coro_new(iop_coro_fn fn, void *arg, size_t stack_size, iop_coro **out)
 {
     size_t size = iop__stack_round(stack_size);
     if (!out || !fn || !size)

@@ -72,7 +72,7 @@ static int loop_pick_backend(iop_loop *l, int kind)
     return rc;
 }
 
-int iop_loop_new(iop_loop **out, int backend, unsigned flags)
+int iop_loop_new(int backend, unsigned flags, iop_loop **out)
 {
     if (!out || (flags & ~IOP_LOOP_EDGE))
         return -EINVAL;
@@ -460,4 +460,110 @@ int iop_loop_run(iop_loop *l, int mode)
     if (rc < 0)
         return rc;
     return l->nactive > 0;
+}
+
+/* ---- completion operations ---------------------------------------------
+ * What every backend would check is checked here once; a backend without
+ * completion members gets no request, and the caller -ENOTSUP. */
+
+static int op_submit(iop_loop *l, iop_op *op, iop_op_cb cb, const struct iop__op_req *req)
+{
+    if (!l->be->op_submit)
+        return -ENOTSUP;
+    if (!cb)
+        return -EINVAL;
+    if (op->inflight && op->loop == l)
+        return -EBUSY;
+    int rc = l->be->op_submit(l, op, req);
+    if (rc < 0)
+        return rc;
+    op->loop = l;
+    op->cb = cb;
+    op->inflight = 1;
+    l->nactive++;
+    return 0;
+}
+
+int iop_op_accept(iop_loop *l, iop_op *op, int fd, int multishot, iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_ACCEPT, .fd = fd, .flags = multishot});
+}
+
+int iop_op_recv(iop_loop *l, iop_op *op, int fd, void *buf, size_t len, iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_RECV, .fd = fd, .buf = buf, .len = len});
+}
+
+int iop_op_recv_multishot(iop_loop *l, iop_op *op, int fd, iop_bufring *br, iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_RECV_MULTISHOT, .fd = fd, .br = br});
+}
+
+int iop_op_send(iop_loop *l, iop_op *op, int fd, const void *buf, size_t len, int flags,
+                iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_SEND,
+                                           .fd = fd,
+                                           .buf = (void *)(uintptr_t)buf,
+                                           .len = len,
+                                           .flags = flags});
+}
+
+int iop_op_sendmsg(iop_loop *l, iop_op *op, int fd, const struct msghdr *msg, int flags,
+                   iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_SENDMSG,
+                                           .fd = fd,
+                                           .msg = (struct msghdr *)(uintptr_t)msg,
+                                           .flags = flags});
+}
+
+int iop_op_recvmsg(iop_loop *l, iop_op *op, int fd, struct msghdr *msg, int flags, iop_op_cb cb)
+{
+    return op_submit(
+        l, op, cb,
+        &(struct iop__op_req){.kind = IOP__OP_RECVMSG, .fd = fd, .msg = msg, .flags = flags});
+}
+
+int iop_op_splice(iop_loop *l, iop_op *op, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
+                  size_t len, unsigned opflags, iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_SPLICE,
+                                           .fd = fd_in,
+                                           .off = off_in,
+                                           .fd_out = fd_out,
+                                           .off_out = off_out,
+                                           .len = len,
+                                           .flags = (int)opflags});
+}
+
+int iop_op_poll(iop_loop *l, iop_op *op, int fd, unsigned pollmask, iop_op_cb cb)
+{
+    return op_submit(l, op, cb,
+                     &(struct iop__op_req){.kind = IOP__OP_POLL, .fd = fd, .flags = (int)pollmask});
+}
+
+int iop_op_close(iop_loop *l, iop_op *op, int fd, iop_op_cb cb)
+{
+    return op_submit(l, op, cb, &(struct iop__op_req){.kind = IOP__OP_CLOSE, .fd = fd});
+}
+
+int iop_op_cancel(iop_op *op)
+{
+    if (!op->inflight || !op->loop || !op->loop->be->op_cancel)
+        return -EINVAL;
+    return op->loop->be->op_cancel(op->loop, op);
+}
+
+int iop_bufring_new(iop_loop *l, unsigned count, unsigned size, iop_bufring **out)
+{
+    if (!l->be->bufring_new)
+        return -ENOTSUP;
+    return l->be->bufring_new(l, count, size, out);
 }

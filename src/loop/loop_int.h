@@ -4,6 +4,11 @@
  * translates: the core tells it which interest an fd should have (mod), and
  * it tells the core which fds are ready (iop__dispatch) from poll().  Its
  * private state lives in loop->backend_data.
+ *
+ * A completion backend (IOP_CAP_COMPLETION) also fills the op members: the
+ * public iop_op_* calls (loop.c) check what every backend would check, then
+ * hand the request over as one struct iop__op_req.  Backends without them
+ * leave them NULL, and loop.c answers -ENOTSUP.
  */
 #ifndef IOP_LOOP_INT_H
 #define IOP_LOOP_INT_H
@@ -12,6 +17,31 @@
 #include <stdint.h>
 
 #include "ioplex/loop.h"
+
+/* One completion request: the arguments of the iop_op_* call named by kind
+ * (loop.h documents each).  Members a kind does not use are zero. */
+enum iop__op_kind {
+    IOP__OP_ACCEPT,         /* fd, flags: multishot */
+    IOP__OP_RECV,           /* fd, buf, len */
+    IOP__OP_RECV_MULTISHOT, /* fd, br */
+    IOP__OP_SEND,           /* fd, buf, len, flags: MSG_* */
+    IOP__OP_SENDMSG,        /* fd, msg, flags: MSG_* */
+    IOP__OP_RECVMSG,        /* fd, msg, flags: MSG_* */
+    IOP__OP_SPLICE,         /* fd, off, fd_out, off_out, len, flags: IOP_OP_LINK */
+    IOP__OP_POLL,           /* fd, flags: POLL* mask */
+    IOP__OP_CLOSE,          /* fd */
+};
+
+struct iop__op_req {
+    enum iop__op_kind kind;
+    int fd, fd_out;
+    int flags;
+    void *buf;
+    size_t len;
+    struct msghdr *msg; /* sendmsg's stays unwritten */
+    iop_bufring *br;
+    int64_t off, off_out;
+};
 
 struct iop_backend {
     const char *name;
@@ -26,6 +56,15 @@ struct iop_backend {
     /* Wait at most timeout_ms (-1: forever, 0: not at all) and report ready
      * fds with iop__dispatch().  Returns 0 or -errno (EINTR is not an error). */
     int (*poll)(iop_loop *loop, int timeout_ms);
+
+    /* Completion only (NULL elsewhere).  op_submit queues req for op, whose
+     * cb, loop and inflight loop.c sets once it returns 0; 0 or -errno
+     * (-EBUSY: no room, -ENOTSUP: the kernel lacks that request). */
+    int (*op_submit)(iop_loop *loop, iop_op *op, const struct iop__op_req *req);
+    /* Cancel op, in flight on loop: 0 or -errno. */
+    int (*op_cancel)(iop_loop *loop, iop_op *op);
+    /* A provided-buffer ring (iop_bufring_new's contract). */
+    int (*bufring_new)(iop_loop *loop, unsigned count, unsigned size, iop_bufring **out);
 };
 
 extern const struct iop_backend iop__backend_select;
@@ -77,8 +116,5 @@ int iop__signal_own(iop_loop *loop, int signum);
 void iop__signal_disown(iop_loop *loop, int signum);
 void iop__signal_run(iop_loop *loop);
 void iop__signal_free(iop_loop *loop);
-
-/* uring.c: flush queued submissions before the loop goes away. */
-int iop__uring_is(const iop_loop *loop);
 
 #endif

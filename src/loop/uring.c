@@ -71,11 +71,6 @@ struct iop_bufring {
     int bgid;
 };
 
-int iop__uring_is(const iop_loop *l)
-{
-    return l->be == &iop__backend_uring;
-}
-
 static int kernel_at_least(int major, int minor)
 {
     struct utsname u;
@@ -356,163 +351,76 @@ static int uring_poll(iop_loop *l, int timeout_ms)
     return 0;
 }
 
-const struct iop_backend iop__backend_uring = {
-    .name = "uring",
-    .caps = IOP_CAP_LEVEL | IOP_CAP_EDGE | IOP_CAP_COMPLETION | IOP_CAP_MULTISHOT | IOP_CAP_ANY_FD,
-    .init = uring_init,
-    .fini = uring_fini,
-    .mod = uring_mod,
-    .poll = uring_poll,
-};
+/* ---- completion operations ---------------------------------------------
+ * loop.c has checked the op (callback, not in flight); here it becomes an
+ * SQE, and completions come back through op_complete(). */
 
-/* ---- completion operations --------------------------------------------- */
-
-static int op_begin(iop_loop *l, iop_op *op, iop_op_cb cb, unsigned need, struct io_uring_sqe **out)
+static void prep(struct uring_state *st, struct io_uring_sqe *sqe, const struct iop__op_req *r)
 {
-    if (!iop__uring_is(l))
-        return -ENOTSUP;
-    if (!cb)
-        return -EINVAL;
-    if (op->inflight && op->loop == l)
-        return -EBUSY;
-    struct io_uring_sqe *sqe = get_sqe(l->backend_data, need);
+    switch (r->kind) {
+    case IOP__OP_ACCEPT:
+        /* Old kernels lack multishot accept; one-shot is the same contract
+         * (a completion without IOP_OP_MORE means "arm again"). */
+        if (r->flags && st->multishot_accept)
+            io_uring_prep_multishot_accept(sqe, r->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        else
+            io_uring_prep_accept(sqe, r->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        break;
+    case IOP__OP_RECV:
+        io_uring_prep_recv(sqe, r->fd, r->buf, r->len, 0);
+        break;
+    case IOP__OP_RECV_MULTISHOT:
+        io_uring_prep_recv_multishot(sqe, r->fd, NULL, 0, 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = (uint16_t)r->br->bgid;
+        break;
+    case IOP__OP_SEND:
+        io_uring_prep_send(sqe, r->fd, r->buf, r->len, r->flags | MSG_NOSIGNAL);
+        break;
+    case IOP__OP_SENDMSG:
+        io_uring_prep_sendmsg(sqe, r->fd, r->msg, (unsigned)(r->flags | MSG_NOSIGNAL));
+        break;
+    case IOP__OP_RECVMSG:
+        io_uring_prep_recvmsg(sqe, r->fd, r->msg, (unsigned)r->flags);
+        break;
+    case IOP__OP_SPLICE:
+        io_uring_prep_splice(sqe, r->fd, r->off, r->fd_out, r->off_out,
+                             (unsigned)(r->len > UINT32_MAX ? UINT32_MAX : r->len), 0);
+        if (r->flags & IOP_OP_LINK)
+            sqe->flags |= IOSQE_IO_LINK;
+        break;
+    case IOP__OP_POLL:
+        io_uring_prep_poll_add(sqe, r->fd, (unsigned)r->flags);
+        break;
+    case IOP__OP_CLOSE:
+        io_uring_prep_close(sqe, r->fd);
+        break;
+    }
+}
+
+static int uring_op_submit(iop_loop *l, iop_op *op, const struct iop__op_req *r)
+{
+    struct uring_state *st = l->backend_data;
+    if (r->kind == IOP__OP_RECV_MULTISHOT) {
+        if (!st->multishot_recv)
+            return -ENOTSUP; /* needs Linux 6.0 */
+        if (!r->br || r->br->loop != l)
+            return -EINVAL;
+    }
+    /* A link keeps its pair in one submission (a chain cut by a submit is
+     * no chain). */
+    int link = r->kind == IOP__OP_SPLICE && (r->flags & IOP_OP_LINK);
+    struct io_uring_sqe *sqe = get_sqe(st, link ? 2 : 1);
     if (!sqe)
         return -EBUSY;
-    op->loop = l;
-    op->cb = cb;
-    op->inflight = 1;
-    io_uring_sqe_set_data(sqe, op);
-    l->nactive++;
-    *out = sqe;
-    return 0;
-}
-
-int iop_op_accept(iop_loop *l, iop_op *op, int fd, int multishot, iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    struct uring_state *st = l->backend_data;
-    /* Old kernels lack multishot accept; one-shot is the same contract (a
-     * completion without IOP_OP_MORE means "arm again"). */
-    if (multishot && st->multishot_accept)
-        io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    else
-        io_uring_prep_accept(sqe, fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    prep(st, sqe, r);
     io_uring_sqe_set_data(sqe, op);
     return 0;
 }
 
-int iop_op_recv(iop_loop *l, iop_op *op, int fd, void *buf, size_t len, iop_op_cb cb)
+static int uring_op_cancel(iop_loop *l, iop_op *op)
 {
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_recv(sqe, fd, buf, len, 0);
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_recv_multishot(iop_loop *l, iop_op *op, int fd, iop_bufring *br, iop_op_cb cb)
-{
-    if (!iop__uring_is(l))
-        return -ENOTSUP;
-    struct uring_state *st = l->backend_data;
-    if (!st->multishot_recv)
-        return -ENOTSUP; /* needs Linux 6.0 */
-    if (!br || br->loop != l)
-        return -EINVAL;
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
-    sqe->flags |= IOSQE_BUFFER_SELECT;
-    sqe->buf_group = (uint16_t)br->bgid;
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_send(iop_loop *l, iop_op *op, int fd, const void *buf, size_t len, int flags,
-                iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_send(sqe, fd, buf, len, flags | MSG_NOSIGNAL);
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_sendmsg(iop_loop *l, iop_op *op, int fd, const struct msghdr *msg, int flags,
-                   iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_sendmsg(sqe, fd, msg, (unsigned)(flags | MSG_NOSIGNAL));
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_recvmsg(iop_loop *l, iop_op *op, int fd, struct msghdr *msg, int flags, iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_recvmsg(sqe, fd, msg, (unsigned)flags);
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_splice(iop_loop *l, iop_op *op, int fd_in, int64_t off_in, int fd_out, int64_t off_out,
-                  size_t len, unsigned opflags, iop_op_cb cb)
-{
-    if (len > UINT32_MAX)
-        len = UINT32_MAX;
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, opflags & IOP_OP_LINK ? 2 : 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_splice(sqe, fd_in, off_in, fd_out, off_out, (unsigned)len, 0);
-    if (opflags & IOP_OP_LINK)
-        sqe->flags |= IOSQE_IO_LINK;
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_poll(iop_loop *l, iop_op *op, int fd, unsigned pollmask, iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_poll_add(sqe, fd, pollmask);
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_close(iop_loop *l, iop_op *op, int fd, iop_op_cb cb)
-{
-    struct io_uring_sqe *sqe;
-    int rc = op_begin(l, op, cb, 1, &sqe);
-    if (rc < 0)
-        return rc;
-    io_uring_prep_close(sqe, fd);
-    io_uring_sqe_set_data(sqe, op);
-    return 0;
-}
-
-int iop_op_cancel(iop_op *op)
-{
-    if (!op->inflight || !op->loop || !iop__uring_is(op->loop))
-        return -EINVAL;
-    struct io_uring_sqe *sqe = get_sqe(op->loop->backend_data, 1);
+    struct io_uring_sqe *sqe = get_sqe(l->backend_data, 1);
     if (!sqe)
         return -EBUSY;
     io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)op, 0);
@@ -522,10 +430,8 @@ int iop_op_cancel(iop_op *op)
 
 /* ---- provided buffer rings --------------------------------------------- */
 
-int iop_bufring_new(iop_loop *l, iop_bufring **out, unsigned count, unsigned size)
+static int uring_bufring_new(iop_loop *l, unsigned count, unsigned size, iop_bufring **out)
 {
-    if (!iop__uring_is(l))
-        return -ENOTSUP;
     if (!count || count > 32768 || (count & (count - 1)) || !size)
         return -EINVAL;
     struct uring_state *st = l->backend_data;
@@ -594,3 +500,15 @@ void iop_bufring_put(iop_bufring *b, unsigned id)
                           (int)b->mask, 0);
     io_uring_buf_ring_advance(b->br, 1);
 }
+
+const struct iop_backend iop__backend_uring = {
+    .name = "uring",
+    .caps = IOP_CAP_LEVEL | IOP_CAP_EDGE | IOP_CAP_COMPLETION | IOP_CAP_MULTISHOT | IOP_CAP_ANY_FD,
+    .init = uring_init,
+    .fini = uring_fini,
+    .mod = uring_mod,
+    .poll = uring_poll,
+    .op_submit = uring_op_submit,
+    .op_cancel = uring_op_cancel,
+    .bufring_new = uring_bufring_new,
+};

@@ -152,8 +152,9 @@ static int parse_host4(const char *h, size_t n, unsigned flags, int kind, uint16
         out->u.in4.sin_family = AF_INET;
         out->u.in4.sin_port = htons(port);
         out->len = sizeof out->u.in4;
-        if (n == 0) {
+        if (n == 0) { /* every interface of both families: see iop_listen */
             out->u.in4.sin_addr.s_addr = htonl(INADDR_ANY);
+            out->dual = 1;
             return 0;
         }
         if (n >= sizeof buf)
@@ -326,6 +327,11 @@ static int format_inet(const iop_addr *a, char *tmp, size_t size)
 {
     const char *prefix = a->kind == IOP_ADDR_UDP ? "udp:" : "";
     char host[INET6_ADDRSTRLEN];
+    if (a->u.sa.sa_family == AF_INET && a->len >= sizeof a->u.in4 && a->dual) {
+        if (a->u.in4.sin_addr.s_addr != htonl(INADDR_ANY))
+            return -EINVAL; /* no text means "this IPv4 address, and IPv6 too" */
+        return snprintf(tmp, size, "%s:%u", prefix, ntohs(a->u.in4.sin_port));
+    }
     if (a->u.sa.sa_family == AF_INET && a->len >= sizeof a->u.in4) {
         if (!inet_ntop(AF_INET, &a->u.in4.sin_addr, host, sizeof host))
             return -EINVAL;

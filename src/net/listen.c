@@ -18,6 +18,8 @@ static int valid_addr(const iop_addr *a)
     switch (a->kind) {
     case IOP_ADDR_TCP:
     case IOP_ADDR_UDP:
+        if (a->dual && family == AF_INET && a->u.in4.sin_addr.s_addr != htonl(INADDR_ANY))
+            return 0;
         return (family == AF_INET && a->len >= sizeof a->u.in4) ||
                (family == AF_INET6 && a->len >= sizeof a->u.in6);
     case IOP_ADDR_UNIX:
@@ -40,7 +42,7 @@ static int set_options(int fd, const iop_addr *a, const struct iop_listen_opts *
     if (rc == 0 && opts && opts->reuseport)
         rc = set_int(fd, SOL_SOCKET, SO_REUSEPORT, 1);
     if (rc == 0 && a->u.sa.sa_family == AF_INET6)
-        rc = set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, 1);
+        rc = set_int(fd, IPPROTO_IPV6, IPV6_V6ONLY, !a->dual);
     return rc;
 }
 
@@ -90,14 +92,8 @@ static int bind_addr(int fd, const iop_addr *a)
     return bind(fd, &a->u.sa, a->len) == 0 ? 0 : -errno;
 }
 
-int iop_listen(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd_out)
+static int listen_one(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd_out)
 {
-    if (fd_out)
-        *fd_out = -1;
-    if (!addr || !fd_out || !valid_addr(addr) || (opts && opts->backlog < 0))
-        return -EINVAL;
-    if (addr->kind == IOP_ADDR_UNIX && opts && opts->reuseport)
-        return -EOPNOTSUPP;
     int type = addr->kind == IOP_ADDR_UDP ? SOCK_DGRAM : SOCK_STREAM;
     int backlog = opts && opts->backlog > 0 ? opts->backlog : SOMAXCONN;
 
@@ -115,6 +111,40 @@ int iop_listen(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd
     }
     *fd_out = fd;
     return 0;
+}
+
+/* `:PORT`: one [::] socket that takes IPv4 too (as ::ffff:a.b.c.d), so
+ * that every client of this host finds the server, whichever family its
+ * resolver picks for the name. */
+static int listen_dual(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd_out)
+{
+    iop_addr any6;
+    memset(&any6, 0, sizeof any6);
+    any6.kind = addr->kind;
+    any6.dual = 1;
+    any6.len = sizeof any6.u.in6;
+    any6.u.in6.sin6_family = AF_INET6;
+    any6.u.in6.sin6_addr = in6addr_any;
+    any6.u.in6.sin6_port = addr->u.in4.sin_port;
+    int rc = listen_one(&any6, opts, fd_out);
+    if (rc != -EAFNOSUPPORT && rc != -EADDRNOTAVAIL)
+        return rc;
+    /* No IPv6 here (a kernel without it, or ipv6.disable): IPv4 is then
+     * every interface there is. */
+    return listen_one(addr, opts, fd_out);
+}
+
+int iop_listen(const iop_addr *addr, const struct iop_listen_opts *opts, int *fd_out)
+{
+    if (fd_out)
+        *fd_out = -1;
+    if (!addr || !fd_out || !valid_addr(addr) || (opts && opts->backlog < 0))
+        return -EINVAL;
+    if (addr->kind == IOP_ADDR_UNIX && opts && opts->reuseport)
+        return -EOPNOTSUPP;
+    if (addr->dual && addr->u.sa.sa_family == AF_INET)
+        return listen_dual(addr, opts, fd_out);
+    return listen_one(addr, opts, fd_out);
 }
 
 int iop_local_addr(int fd, iop_addr *out)
@@ -151,6 +181,12 @@ int iop_local_addr(int fd, iop_addr *out)
     }
     out->kind = kind;
     out->len = len;
+    if (out->u.sa.sa_family == AF_INET6) {
+        int v6only = 1;
+        socklen_t olen = sizeof v6only;
+        if (getsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &v6only, &olen) == 0)
+            out->dual = !v6only;
+    }
     return 0;
 }
 

@@ -3,13 +3,24 @@
  * Event style keeps no state for a connection between messages: a partial
  * line or frame is the only thing that allocates, and it is freed as soon
  * as the message completes, so an idle echo connection costs the stream
- * alone.  A write that reports "full" pauses reading until on_drain. */
+ * alone.  A write that reports "full" pauses reading until on_drain.
+ *
+ * A graceful stop must finish the replies in flight, and closing a socket
+ * with unread input makes the kernel send a reset, which destroys them (TCP
+ * drops what it has not sent yet; the peer's reads fail with ECONNRESET).
+ * So a stopping event connection goes on echoing until its input pauses,
+ * then sends FIN after the last reply and reads and discards what still
+ * comes until the close can hurt nothing (see stop_tick).  The server's
+ * grace period bounds it all. */
 #include <errno.h>
+#include <linux/sockios.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 #include "ioplex/proto.h"
@@ -29,7 +40,7 @@ static size_t max_frame(const struct iop_echo_config *cfg)
 
 static const struct iop_echo_config *cfg_of_stream(const iop_stream *s)
 {
-    return iop_server_data(iop_stream_server(s));
+    return iop_server_handler_ctx(iop_stream_server(s));
 }
 
 static void echo_log(const struct iop_echo_config *cfg, const char *fmt, ...)
@@ -91,9 +102,21 @@ static int reply(const struct iop_echo_config *cfg, const char *p, size_t n, rep
 
 /* ---- event style ------------------------------------------------------- */
 
+/* A stopping connection is looked at every STOP_TICK_MS. */
+#define STOP_TICK_MS 10
+
+enum { RUNNING, STOP_ECHO, STOP_LINGER };
+
+/* A connection's state between calls: a message left half-read, or a
+ * graceful stop under way (from on_stop until the close). */
 struct partial {
     struct iop_lines lines;
     struct iop_frames frames;
+    int stop;   /* RUNNING, STOP_ECHO (replying still), STOP_LINGER (FIN sent) */
+    int family; /* of the socket, once stopping */
+    int seen;   /* bytes arrived since the last tick */
+    int quiet;  /* ticks in a row with nothing owed */
+    iop_timer tick;
 };
 
 static int stream_out(void *arg, const struct iovec *iov, int n)
@@ -143,12 +166,18 @@ static int partial_empty(const struct partial *st)
 static void ev_data(iop_stream *s, const char *buf, size_t n)
 {
     const struct iop_echo_config *cfg = cfg_of_stream(s);
+    struct partial *st = iop_stream_data(s);
+    if (st && st->stop) {
+        st->seen = 1;
+        if (st->stop == STOP_LINGER)
+            return; /* after our FIN: read only so that the close resets nothing */
+    }
     if (cfg->mode == IOP_ECHO_RAW) {
         (void)reply(cfg, buf, n, stream_out, s);
         return;
     }
     /* State lives on the stack unless a message is left half-read. */
-    struct partial local = {0}, *st = iop_stream_data(s);
+    struct partial local = {0};
     int rc = feed(cfg, st ? st : &local, s, buf, n);
     if (!st && rc == 0 && !partial_empty(&local)) {
         if ((st = malloc(sizeof *st))) {
@@ -163,7 +192,7 @@ static void ev_data(iop_stream *s, const char *buf, size_t n)
     if (rc != 0 || partial_empty(st)) {
         iop_lines_free(&st->lines);
         iop_frames_free(&st->frames);
-        if (st != &local) {
+        if (st != &local && !st->stop) {
             free(st);
             iop_stream_set_data(s, NULL);
         }
@@ -181,10 +210,78 @@ static void ev_close(iop_stream *s)
 {
     struct partial *st = iop_stream_data(s);
     if (st) {
+        if (st->stop)
+            iop_timer_stop(&st->tick);
         iop_lines_free(&st->lines);
         iop_frames_free(&st->frames);
         free(st);
     }
+}
+
+/* ---- graceful stop, event style ------------------------------------------ */
+
+static int sock_ioctl(int fd, unsigned long req)
+{
+    int n = 0;
+    return ioctl(fd, req, &n) < 0 ? -1 : n;
+}
+
+/* Closing now resets nothing the peer still needs: over TCP everything we
+ * sent, FIN included, is acknowledged (SIOCOUTQ counts the unacknowledged
+ * bytes), so the replies are in the peer's hands and a reset can only fail
+ * its later writes; a Unix socket keeps what it delivered whatever happens,
+ * but reports ECONNRESET to the peer if we close with input unread. */
+static int close_is_safe(const struct partial *st, int fd)
+{
+    if (st->family == AF_UNIX)
+        return sock_ioctl(fd, SIOCINQ) == 0;
+    return sock_ioctl(fd, SIOCOUTQ) == 0;
+}
+
+/* Nothing is owed while nothing arrived since the last tick, nothing is
+ * queued and the kernel holds no unread input.  Two quiet ticks in a row,
+ * with the loop's wait between them, so that bytes io_uring has already
+ * taken from the socket but not yet handed to us count as arrived. */
+static void stop_tick(iop_timer *t)
+{
+    iop_stream *s = t->data;
+    struct partial *st = iop_stream_data(s);
+    int fd = iop_stream_fd(s);
+    if (st->stop == STOP_LINGER) {
+        if (close_is_safe(st, fd))
+            iop_stream_close(s);
+        return;
+    }
+    int owed = st->seen || iop_stream_queued(s) || sock_ioctl(fd, SIOCINQ) != 0;
+    st->seen = 0;
+    st->quiet = owed ? 0 : st->quiet + 1;
+    if (st->quiet < 2)
+        return;
+    /* A message left half-read never completes now. */
+    iop_lines_free(&st->lines);
+    iop_frames_free(&st->frames);
+    st->stop = STOP_LINGER;
+    if (iop_stream_shutdown(s) < 0 || iop_stream_read_start(s) < 0)
+        iop_stream_close(s);
+}
+
+static void ev_stop(iop_stream *s)
+{
+    struct partial *st = iop_stream_data(s);
+    if (!st && (st = calloc(1, sizeof *st)))
+        iop_stream_set_data(s, st);
+    int family = 0;
+    socklen_t len = sizeof family;
+    if (!st || getsockopt(iop_stream_fd(s), SOL_SOCKET, SO_DOMAIN, &family, &len) < 0) {
+        iop_stream_end(s);
+        return;
+    }
+    st->stop = STOP_ECHO;
+    st->family = family;
+    iop_timer_init(&st->tick, stop_tick);
+    st->tick.data = s;
+    if (iop_timer_start(iop_stream_loop(s), &st->tick, STOP_TICK_MS, STOP_TICK_MS) < 0)
+        iop_stream_end(s);
 }
 
 /* ---- blocking style ---------------------------------------------------- */
@@ -245,7 +342,7 @@ static void handle_frames(const struct iop_echo_config *cfg, iop_conn *c)
 
 static void bl_handle(iop_conn *c)
 {
-    const struct iop_echo_config *cfg = iop_server_data(iop_conn_server(c));
+    const struct iop_echo_config *cfg = iop_server_handler_ctx(iop_conn_server(c));
     if (cfg->greeting) {
         struct iop_echo_config g = *cfg;
         g.prefix = NULL;
@@ -282,7 +379,7 @@ static int dgram_out(void *arg, const struct iovec *iov, int n)
 
 static void on_datagram(iop_datagram *d, const char *buf, size_t n)
 {
-    const struct iop_echo_config *cfg = iop_server_data(d->server);
+    const struct iop_echo_config *cfg = iop_server_handler_ctx(d->server);
     struct iop_echo_config u = *cfg;
     u.mode = IOP_ECHO_RAW; /* one datagram back: no frame header */
     (void)reply(&u, buf, n, dgram_out, d);
@@ -299,7 +396,9 @@ int iop_echo_handler(const struct iop_echo_config *cfg, struct iop_handler *h)
     h->on_data = ev_data;
     h->on_drain = ev_drain;
     h->on_close = ev_close;
+    h->on_stop = ev_stop;
     h->handle = bl_handle;
     h->on_datagram = on_datagram;
+    h->ctx = (void *)(uintptr_t)cfg; /* read back only as const */
     return 0;
 }

@@ -16,7 +16,7 @@
 
 /* ---- the server object ---------------------------------------------------- */
 
-int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
+int iop_http_new(const struct iop_http_config *cfg, iop_http **out)
 {
     *out = NULL;
     if (!cfg || !cfg->root)
@@ -57,10 +57,10 @@ int iop_http_new(iop_http **out, const struct iop_http_config *cfg)
 
 void iop_http_handler(iop_http *http, struct iop_handler *h)
 {
-    (void)http;
     memset(h, 0, sizeof *h);
     http_event_handler(h);
     http_blocking_handler(h);
+    h->ctx = http;
 }
 
 void iop_http_free(iop_http *http)

@@ -174,7 +174,7 @@ static void serve(struct bconn *b)
 
 static void handle(iop_conn *c)
 {
-    iop_http *http = iop_server_data(iop_conn_server(c));
+    iop_http *http = iop_server_handler_ctx(iop_conn_server(c));
     struct http_worker local, *w = NULL;
     /* A coroutine shares its reactor thread's worker (and file cache).
      * Threads come and go, so a connection has a worker of its own (date,

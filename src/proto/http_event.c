@@ -36,7 +36,7 @@ struct hconn {
 
 static struct http_worker *worker_of(iop_stream *s)
 {
-    iop_http *http = iop_server_data(iop_stream_server(s));
+    iop_http *http = iop_server_handler_ctx(iop_stream_server(s));
     return http_worker_get(http, iop_stream_loop(s));
 }
 

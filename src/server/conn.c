@@ -1,5 +1,6 @@
 /* conn.c - the blocking-style iop_conn calls, written once over a model's
- * raw operations (see conn_int.h).
+ * raw operations (see conn_int.h), and the raw operations of connections
+ * that wait in poll(2) (iterative, thread, fork).
  *
  * Partial results: readline and recv_exact hand bytes to the caller's
  * buffer as they arrive, so an error in the middle of a line or of an
@@ -14,11 +15,16 @@
  * it back with sigtimedwait before unblocking, two system calls more per
  * call: the process survives a vanished peer either way. */
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <sys/sendfile.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "server/conn_int.h"
@@ -62,54 +68,72 @@ void iop__conn_fini(iop_conn *c)
 {
     free(c->rbuf);
     c->rbuf = NULL;
+    iop_tls_free(c->tls);
+    c->tls = NULL;
     c->rpos = c->rlen = 0;
 }
 
 int iop__conn_serve(iop_conn *c)
 {
     const struct iop_handler *h = c->srv->cfg.handler;
-    if (!h->handle || (h->verify && h->verify(c)))
+    iop_tls_ctx *tls = c->srv->ls[c->listener].tls;
+    if (!h->handle || (tls && iop__conn_tls_start(c, tls) < 0))
         return 1;
+    if (h->verify && h->verify(c)) {
+        iop__conn_tls_end(c);
+        return 1;
+    }
     if (h->setup)
         h->setup(c);
     h->handle(c);
     if (h->finish)
         h->finish(c);
+    iop__conn_tls_end(c);
     return 0;
 }
 
 /* ---- raw operations for readiness ---------------------------------------- */
 
-ssize_t iop__conn_recv_ready(iop_conn *c, void *buf, size_t len)
+/* One non-blocking recv (IOP_READ) or send, waiting through EAGAIN. */
+static ssize_t io_ready(iop_conn *c, void *buf, size_t len, unsigned events)
 {
     for (;;) {
-        ssize_t n = recv(c->fd, buf, len, MSG_DONTWAIT);
+        ssize_t n = events == IOP_READ ? recv(c->fd, buf, len, MSG_DONTWAIT)
+                                       : send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n >= 0)
             return n;
         if (errno == EINTR)
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return -errno;
-        int rc = c->ops->wait(c, IOP_READ);
+        int rc = c->ops->wait(c, events);
         if (rc < 0)
             return rc;
     }
 }
 
+ssize_t iop__conn_recv_ready(iop_conn *c, void *buf, size_t len)
+{
+    return io_ready(c, buf, len, IOP_READ);
+}
+
 ssize_t iop__conn_send_ready(iop_conn *c, const void *buf, size_t len)
 {
-    for (;;) {
-        ssize_t n = send(c->fd, buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-        if (n >= 0)
-            return n;
-        if (errno == EINTR)
-            continue;
-        if (errno != EAGAIN && errno != EWOULDBLOCK)
-            return -errno;
-        int rc = c->ops->wait(c, IOP_WRITE);
+    return io_ready(c, (void *)(uintptr_t)buf, len, IOP_WRITE);
+}
+
+/* After a short read the socket is almost surely empty: wait first rather
+ * than pay for a recv that says EAGAIN (one system call per message). */
+ssize_t iop__conn_recv_drained(iop_conn *c, void *buf, size_t len)
+{
+    if (c->drained) {
+        int rc = c->ops->wait(c, IOP_READ);
         if (rc < 0)
             return rc;
     }
+    ssize_t n = iop__conn_recv_ready(c, buf, len);
+    c->drained = n > 0 && (size_t)n < len;
+    return n;
 }
 
 /* ---- the common part ------------------------------------------------------ */
@@ -134,12 +158,12 @@ static ssize_t outcome(iop_conn *c, ssize_t n)
 
 static ssize_t raw_recv(iop_conn *c, void *buf, size_t len)
 {
-    return outcome(c, c->ops->recv(c, buf, len));
+    return outcome(c, c->tls ? iop__conn_tls_recv(c, buf, len) : c->ops->recv(c, buf, len));
 }
 
 static ssize_t raw_send(iop_conn *c, const void *buf, size_t len)
 {
-    return outcome(c, c->ops->send(c, buf, len));
+    return outcome(c, c->tls ? iop__conn_tls_send(c, buf, len) : c->ops->send(c, buf, len));
 }
 
 /* Hand out up to len buffered bytes. */
@@ -319,6 +343,8 @@ int iop_conn_sendfile(iop_conn *c, int fd, off_t off, size_t len)
 {
     if (stopped(c))
         return -ECANCELED;
+    if (c->tls)
+        return (int)outcome(c, iop__conn_tls_sendfile(c, fd, off, len));
     while (len > 0) {
         ssize_t n = sendfile_nosig(c, c->fd, fd, &off, len < SENDFILE_MAX ? len : SENDFILE_MAX);
         int rc;
@@ -342,5 +368,198 @@ int iop_conn_sendfile(iop_conn *c, int fd, off_t off, size_t len)
 
 int iop_conn_shutdown(iop_conn *c)
 {
+    if (c->tls)
+        return iop__conn_tls_shutdown(c);
     return shutdown(c->fd, SHUT_WR) < 0 ? -errno : 0;
+}
+
+/* ---- waiting in poll(2) (iterative, thread, fork) ------------------------- */
+
+static uint64_t now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts); /* async-signal-safe */
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void poke(int efd)
+{
+    uint64_t one = 1;
+    ssize_t n = write(efd, &one, sizeof one);
+    (void)n; /* only fails when the counter is full: readable anyway */
+}
+
+int iop__stop_fds_open(struct iop__stop_fds *st)
+{
+    atomic_init(&st->now, 0);
+    atomic_init(&st->grace_at, 0);
+    st->nowfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    st->gracefd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    return st->nowfd < 0 || st->gracefd < 0 ? -errno : 0;
+}
+
+void iop__stop_fds_close(struct iop__stop_fds *st)
+{
+    if (st->nowfd >= 0)
+        close(st->nowfd);
+    if (st->gracefd >= 0)
+        close(st->gracefd);
+    st->nowfd = st->gracefd = -1;
+}
+
+void iop__stop_fds_notify(struct iop__stop_fds *st, int stopping, unsigned grace_ms)
+{
+    if (stopping >= IOP__GRACEFUL) {
+        uint64_t zero = 0;
+        atomic_compare_exchange_strong(&st->grace_at, &zero, now_ms() + grace_ms);
+        poke(st->gracefd);
+    }
+    if (stopping >= IOP__NOW) {
+        atomic_store(&st->now, 1);
+        poke(st->nowfd);
+    }
+}
+
+/* -ECANCELED, and every later call of the conn fails the same way. */
+static int cancel(iop_conn *c)
+{
+    c->cancelled = 1;
+    return -ECANCELED;
+}
+
+/* The poll(2) timeout for the nearest of the idle deadline (idle_at) and
+ * the grace deadline; 0 when one of them has passed (*which says which). */
+static int wait_timeout(struct iop__pconn *pc, uint64_t idle_at, int *grace_over)
+{
+    uint64_t t = now_ms(), due = idle_at;
+    uint64_t grace_at = pc->grace_seen ? atomic_load(&pc->stop->grace_at) : 0;
+    *grace_over = 0;
+    if (grace_at && (!due || grace_at < due)) {
+        due = grace_at;
+        *grace_over = 1;
+    }
+    if (!due)
+        return -1;
+    if (due <= t)
+        return 0;
+    return due - t > INT32_MAX ? INT32_MAX : (int)(due - t);
+}
+
+static int poll_wait(iop_conn *c, unsigned events)
+{
+    struct iop__pconn *pc = (struct iop__pconn *)c;
+    const struct iop__stop_fds *st = pc->stop;
+    unsigned idle = iop__conn_wait_ms(c);
+    uint64_t idle_at = idle ? now_ms() + idle : 0;
+    for (;;) {
+        /* grace_seen too: a fork child's copy of the server never sees
+         * the parent's stopping state change, only the shared eventfd. */
+        if (c->cancelled || atomic_load(&st->now) || iop__conn_stop_idle(c) ||
+            (c->idle && pc->grace_seen))
+            return cancel(c);
+        int grace_over, timeout = wait_timeout(pc, idle_at, &grace_over);
+        if (timeout == 0)
+            return grace_over ? cancel(c) : -ETIMEDOUT;
+        short want = (short)((events & IOP_READ ? POLLIN : 0) | (events & IOP_WRITE ? POLLOUT : 0));
+        struct pollfd p[3] = {{c->fd, want, 0}, {st->nowfd, POLLIN, 0}, {st->gracefd, POLLIN, 0}};
+        int r = poll(p, pc->grace_seen ? 2 : 3, timeout);
+        if (r < 0 && errno != EINTR)
+            return -errno;
+        if (r <= 0)
+            continue; /* the deadlines are checked above */
+        if (p[1].revents)
+            return cancel(c);
+        if (!pc->grace_seen && p[2].revents)
+            pc->grace_seen = 1;
+        if (p[0].revents)
+            return 0; /* ready, or an error the next call will tell */
+    }
+}
+
+/* SO_RCVTIMEO for a wait of `left` ms (0: none).  A shorter setting is
+ * kept when within 8x (recv wakes early and the caller sleeps again), so
+ * that a handler alternating two timeouts does not pay a system call for
+ * each wait; a longer one never is. */
+static int set_rcvtimeo(struct iop__pconn *pc, uint64_t left)
+{
+    unsigned cur = pc->rcvtimeo;
+    if (left ? cur && cur <= left && (uint64_t)cur * 8 >= left : !cur)
+        return 0;
+    unsigned ms = left > UINT32_MAX ? UINT32_MAX : (unsigned)left;
+    struct timeval tv = {(time_t)(ms / 1000u), (suseconds_t)(ms % 1000u) * 1000};
+    if (setsockopt(pc->conn.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0)
+        return -errno;
+    pc->rcvtimeo = ms;
+    return 0;
+}
+
+/* Socket empty and blocking: sleep in recv(2).  An EOF while the server
+ * stops is the model's shutdown(2) (see conn_int.h), so it cancels. */
+static ssize_t recv_asleep(struct iop__pconn *pc, void *buf, size_t len)
+{
+    iop_conn *c = &pc->conn;
+    unsigned idle = iop__conn_wait_ms(c);
+    uint64_t idle_at = idle ? now_ms() + idle : 0;
+    for (;;) {
+        uint64_t t = now_ms();
+        if (idle_at && t >= idle_at)
+            return -ETIMEDOUT;
+        int rc = set_rcvtimeo(pc, idle_at ? idle_at - t : 0);
+        if (rc < 0)
+            return rc;
+        /* Published before the stop check, and the model's stop stores the
+         * stop before it reads `parked`: one of the two sees the other. */
+        atomic_store(&pc->parked, c->idle);
+        if (c->cancelled || atomic_load(&pc->stop->now) || iop__conn_stop_idle(c)) {
+            atomic_store(&pc->parked, 0);
+            return cancel(c);
+        }
+        ssize_t n = recv(c->fd, buf, len, 0);
+        int err = errno;
+        atomic_store(&pc->parked, 0);
+        if (n > 0)
+            return n;
+        if (n == 0)
+            return atomic_load(&pc->stop->now) || iop__conn_stop_idle(c) ? cancel(c) : 0;
+        if (err != EINTR && err != EAGAIN && err != EWOULDBLOCK)
+            return -err;
+    }
+}
+
+/* A blocking socket that is probably empty sleeps in recv(2) itself. */
+static ssize_t poll_recv(iop_conn *c, void *buf, size_t len)
+{
+    struct iop__pconn *pc = (struct iop__pconn *)c;
+    if (!c->drained || !pc->blocking)
+        return iop__conn_recv_drained(c, buf, len);
+    ssize_t n = recv_asleep(pc, buf, len);
+    c->drained = n > 0 && (size_t)n < len;
+    return n;
+}
+
+static const struct iop__conn_ops poll_ops = {
+    .recv = poll_recv,
+    .send = iop__conn_send_ready,
+    .wait = poll_wait,
+};
+
+void iop__pconn_init(struct iop__pconn *pc, iop_server *srv, int fd, int listener,
+                     const struct iop__stop_fds *stop)
+{
+    memset(pc, 0, sizeof *pc);
+    iop__conn_init(&pc->conn, srv, &poll_ops, fd, listener, &stop->now);
+    pc->stop = stop;
+}
+
+void iop__pconn_set_blocking(struct iop__pconn *pc)
+{
+    int fd = pc->conn.fd, fl = fcntl(fd, F_GETFL);
+    pc->blocking = fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0;
+    /* sendfile(2) has no MSG_DONTWAIT: bound its sleep by the idle timeout
+     * (it then waits in poll for the rest, as on EAGAIN before). */
+    unsigned idle = pc->conn.srv->cfg.idle_timeout_ms;
+    if (pc->blocking && idle) {
+        struct timeval tv = {(time_t)(idle / 1000u), (suseconds_t)(idle % 1000u) * 1000};
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
 }

@@ -40,7 +40,6 @@ struct cconn {
     struct cconn *prev, *next; /* wk->conns */
     int parked;                /* in co_wait, yielded to the loop */
     int done;                  /* body returned: fd closed, waiting for reap */
-    int drained;               /* the last recv was short: the socket is empty */
 };
 
 struct cw {
@@ -153,24 +152,10 @@ static int co_wait(iop_conn *c, unsigned events)
     return rc;
 }
 
-/* After a short read the socket is almost surely empty: park first instead
- * of paying for a recv that says EAGAIN.  If bytes did come meanwhile, the
+/* recv parks first after a short read; if bytes did come meanwhile, the
  * level-triggered watcher reports them at once. */
-static ssize_t co_recv(iop_conn *c, void *buf, size_t len)
-{
-    struct cconn *cc = (struct cconn *)c;
-    if (cc->drained) {
-        int rc = co_wait(c, IOP_READ);
-        if (rc < 0)
-            return rc;
-    }
-    ssize_t n = iop__conn_recv_ready(c, buf, len);
-    cc->drained = n > 0 && (size_t)n < len;
-    return n;
-}
-
 static const struct iop__conn_ops co_ops = {
-    .recv = co_recv,
+    .recv = iop__conn_recv_drained,
     .send = iop__conn_send_ready,
     .wait = co_wait,
 };
@@ -190,7 +175,7 @@ static int co_open(struct iop__reactor_listener *li, int fd, void **conn)
     struct cw *wk = cw_of(li->r);
     iop_server *srv = wk->r.srv;
     struct cconn *cc = calloc(1, sizeof *cc);
-    int rc = cc ? iop_coro_new(&cc->co, conn_body, cc, srv->cfg.stack_size) : -ENOMEM;
+    int rc = cc ? iop_coro_new(conn_body, cc, srv->cfg.stack_size, &cc->co) : -ENOMEM;
     if (rc < 0) {
         free(cc);
         close(fd);
@@ -268,8 +253,9 @@ static void co_drop_conns(struct iop__reactor *r)
     }
 }
 
-static const struct iop__reactor_ops co_reactor_ops = {
+const struct iop__reactor_ops iop__coro_ops = {
     .worker_size = sizeof(struct cw),
+    .conns_on_loop = 1,
     .open = co_open,
     .start = co_start,
     .count = co_count,
@@ -278,8 +264,3 @@ static const struct iop__reactor_ops co_reactor_ops = {
     .after_run = co_drop_conns,
     .fini = co_drop_conns,
 };
-
-int iop__coro_run(iop_server *srv)
-{
-    return iop__reactor_run(srv, &co_reactor_ops);
-}

@@ -54,6 +54,11 @@ static void stream_closed(iop_stream *s)
     iop__reactor_conn_closed(r);
 }
 
+static void stream_tls_fail(void *arg, const iop_stream *s, int err)
+{
+    iop__server_tls_log(arg, iop_stream_fd(s), iop_stream_tls_why(s), err);
+}
+
 /* ---- the reactor's ops ----------------------------------------------------- */
 
 /* A stream context per stream listener, in li->data. */
@@ -72,6 +77,8 @@ static int ev_listen(struct iop__reactor_listener *li)
     int rc = iop_stream_ctx_new(li->r->loop, &sc, &ctx);
     if (rc == 0)
         li->data = ctx;
+    if (rc == 0 && srv->ls[li->index].tls)
+        iop_stream_ctx_on_tls_fail(ctx, stream_tls_fail, srv);
     return rc;
 }
 
@@ -86,6 +93,12 @@ static int ev_open(struct iop__reactor_listener *li, int fd, void **conn)
 static void ev_start(struct iop__reactor *r, void *conn)
 {
     iop_stream *s = conn;
+    const struct iop__reactor_listener *li = iop_stream_ctx_data(iop_stream_ctx_of(s));
+    iop_tls_ctx *tls = r->srv->ls[li->index].tls;
+    if (tls && iop_stream_tls(s, tls, NULL) < 0) {
+        iop_stream_close(s); /* out of memory: shed it */
+        return;
+    }
     if (r->srv->cfg.handler->on_open)
         r->srv->cfg.handler->on_open(s);
     (void)iop_stream_read_start(s); /* fails only if on_open closed it */
@@ -142,8 +155,9 @@ static void ev_fini(struct iop__reactor *r)
             (void)iop_stream_ctx_free(r->ls[i].data);
 }
 
-static const struct iop__reactor_ops ev_ops = {
+const struct iop__reactor_ops iop__event_ops = {
     .worker_size = sizeof(struct iop__reactor),
+    .conns_on_loop = 1,
     .listen = ev_listen,
     .open = ev_open,
     .start = ev_start,
@@ -152,8 +166,3 @@ static const struct iop__reactor_ops ev_ops = {
     .drop = ev_drop,
     .fini = ev_fini,
 };
-
-int iop__event_run(iop_server *srv)
-{
-    return iop__reactor_run(srv, &ev_ops);
-}

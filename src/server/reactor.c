@@ -1,6 +1,7 @@
-/* reactor.c - the reactor worker of the event and coro models: loops,
- * acceptors, max_conns, datagrams and stopping (see reactor_int.h). */
+/* reactor.c - the worker every model runs on: loops, acceptors, max_conns,
+ * datagrams and stopping (see reactor_int.h). */
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/select.h>
 #include <unistd.h>
@@ -17,6 +18,29 @@ struct reactors {
 static struct iop__reactor *nth(const struct reactors *m, unsigned w)
 {
     return (struct iop__reactor *)(m->workers + (size_t)w * m->size);
+}
+
+/* ---- waking ------------------------------------------------------------- */
+
+/* Senders count themselves in, so that wake_stop knows when none can still
+ * touch r->wake: iop_async_send must not race iop_async_stop, and a stop
+ * notification or another worker's close may come at any time. */
+void iop__reactor_wake(struct iop__reactor *r)
+{
+    atomic_fetch_add(&r->sending, 1);
+    if (atomic_load(&r->wake_on))
+        iop_async_send(&r->wake);
+    atomic_fetch_sub(&r->sending, 1);
+}
+
+/* On r's thread.  A sender interrupted there by a signal handler has
+ * returned before this runs on; others never block. */
+static void wake_stop(struct iop__reactor *r)
+{
+    atomic_store(&r->wake_on, 0);
+    while (atomic_load(&r->sending) > 0)
+        sched_yield();
+    iop_async_stop(&r->wake);
 }
 
 /* ---- max_conns ---------------------------------------------------------- */
@@ -39,14 +63,14 @@ static void conns_fell(struct iop__reactor *r)
     acceptors_pause(r, 0);
     for (unsigned w = 0; w < m->n; w++)
         if (nth(m, w) != r && nth(m, w)->paused)
-            iop_async_send(&nth(m, w)->wake);
+            iop__reactor_wake(nth(m, w));
 }
 
 /* ---- accepting ---------------------------------------------------------- */
 
 static int fd_too_high(struct iop__reactor *r, int fd)
 {
-    if ((iop_loop_caps(r->loop) & IOP_CAP_ANY_FD) || fd < FD_SETSIZE)
+    if (!r->ops->conns_on_loop || (iop_loop_caps(r->loop) & IOP_CAP_ANY_FD) || fd < FD_SETSIZE)
         return 0;
     /* select cannot watch it: the connection is closed rather than left
      * hanging, and that is said at most once a second. */
@@ -64,10 +88,11 @@ static void on_accept(iop_acceptor *acc, int fd)
     struct iop__reactor_listener *li = acc->data;
     struct iop__reactor *r = li->r;
     iop_server *srv = r->srv;
-    /* stopping: not expected, as worker_stop stops the acceptors and none
-     * calls back after that; but a connection must never start on a
-     * worker that may be done (the coro model always checked). */
-    if (r->stopping || fd_too_high(r, fd)) {
+    /* Stopping: worker_stop stops the acceptors and none calls back after
+     * that, but the stop may have begun inside this batch of accepts (an
+     * iterative handler holds the loop up until its wake), and a
+     * connection must never start on a worker that may be done. */
+    if (r->stopping || atomic_load(&srv->stopping) != IOP__RUNNING || fd_too_high(r, fd)) {
         close(fd);
         return;
     }
@@ -83,17 +108,31 @@ static void on_accept(iop_acceptor *acc, int fd)
     r->ops->start(r, conn);
 }
 
-static void on_accept_error(iop_acceptor *acc, int err)
-{
-    struct iop__reactor_listener *li = acc->data;
-    iop__server_log(li->r->srv, "accept on listener %d: %s%s", li->index, iop_strerror(err),
-                    err == -EMFILE || err == -ENFILE ? " (shedding connections)" : "");
-}
-
 static void acceptor_closed(iop_acceptor *acc)
 {
     struct iop__reactor_listener *li = acc->data;
     li->live = 0;
+}
+
+/* Out of resources, the acceptor sheds and retries by itself; any other
+ * error means the listening socket is broken and accepts nothing more: it
+ * is stopped (its close_cb follows), the other listeners go on.  While the
+ * server stops that is expected and not said: a socket shared by workers
+ * (Unix) is shut down by the first worker that stops. */
+static void on_accept_error(iop_acceptor *acc, int err)
+{
+    struct iop__reactor_listener *li = acc->data;
+    int resource = err == -EMFILE || err == -ENFILE || err == -ENOBUFS || err == -ENOMEM;
+    if (atomic_load(&li->r->srv->stopping) != IOP__RUNNING) {
+        iop_acceptor_stop(acc, acceptor_closed);
+        return;
+    }
+    iop__server_log(li->r->srv, "accept on listener %d: %s%s", li->index, iop_strerror(err),
+                    err == -EMFILE || err == -ENFILE ? " (shedding connections)"
+                    : resource                       ? ""
+                                                     : " (listener stopped)");
+    if (!resource)
+        iop_acceptor_stop(acc, acceptor_closed);
 }
 
 /* ---- stopping ----------------------------------------------------------- */
@@ -104,7 +143,9 @@ static void check_done(struct iop__reactor *r)
     if (r->ops->count(r) > 0)
         return;
     iop_timer_stop(&r->grace);
-    iop_async_stop(&r->wake);
+    wake_stop(r);
+    if (r->ops->done)
+        r->ops->done(r);
 }
 
 void iop__reactor_conn_closed(struct iop__reactor *r)
@@ -150,6 +191,8 @@ static void worker_stop(struct iop__reactor *r, int now)
 static void wake_cb(iop_async *a)
 {
     struct iop__reactor *r = a->data;
+    if (r->ops->wake)
+        r->ops->wake(r);
     int stopping = atomic_load(&r->srv->stopping);
     if (stopping)
         worker_stop(r, stopping >= IOP__NOW);
@@ -213,13 +256,16 @@ static int worker_init(iop_server *srv, const struct iop__reactor_ops *ops, stru
         return -ENOMEM;
     /* Loops are made here, on the caller's thread, so that a backend that
      * cannot start (io_uring refused) fails iop_server_run at once. */
-    int rc = iop_loop_new(&r->loop, srv->cfg.backend, srv->cfg.loop_flags);
+    int rc = iop_loop_new(srv->cfg.backend, srv->cfg.loop_flags, &r->loop);
     if (rc < 0)
         return rc;
     iop_timer_init(&r->grace, grace_over);
     r->grace.data = r;
     r->wake.data = r;
-    return iop_async_start(r->loop, &r->wake, wake_cb);
+    if ((rc = iop_async_start(r->loop, &r->wake, wake_cb)) < 0)
+        return rc;
+    atomic_store(&r->wake_on, 1);
+    return ops->init ? ops->init(r) : 0;
 }
 
 /* Also for a worker that never ran, or whose init failed part way or never
@@ -240,8 +286,13 @@ static void worker_teardown(struct iop__reactor *r)
 static void notify_workers(iop_server *srv)
 {
     struct reactors *m = srv->model;
-    for (unsigned w = 0; w < m->n; w++)
-        iop_async_send(&nth(m, w)->wake);
+    int stopping = atomic_load(&srv->stopping);
+    for (unsigned w = 0; w < m->n; w++) {
+        struct iop__reactor *r = nth(m, w);
+        if (r->ops->notify && stopping)
+            r->ops->notify(r, stopping);
+        iop__reactor_wake(r);
+    }
 }
 
 int iop__reactor_run(iop_server *srv, const struct iop__reactor_ops *ops)

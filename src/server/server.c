@@ -1,6 +1,6 @@
 /* server.c - the server object: listeners, worker processes, shutdown, and
- * the datagram listeners every model serves.  The models themselves are in
- * event.c and coro_model.c (on reactor.c's workers) and blocking.c. */
+ * the datagram listeners every model serves.  The models are ops tables
+ * (event.c, coro_model.c, blocking.c) for reactor.c's workers. */
 #include <errno.h>
 #include <sched.h>
 #include <signal.h>
@@ -8,11 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "server/server_int.h"
+#include "server/reactor_int.h"
 
 #define MAX_SOCKETS 1024 /* processes x workers per listener */
 
@@ -64,7 +65,23 @@ static int check_config(const struct iop_server_config *cfg)
     return 0;
 }
 
-int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
+/* The one place defaults are applied: past here every member holds what it
+ * means (grace_ms 0: no grace). */
+static void apply_defaults(struct iop_server_config *c)
+{
+    if (!c->max_conns)
+        c->max_conns = IOP_SERVER_DEFAULT_MAX_CONNS;
+    if (!c->grace_ms)
+        c->grace_ms = IOP_SERVER_DEFAULT_GRACE_MS;
+    else if (c->grace_ms == IOP_SERVER_GRACE_NONE)
+        c->grace_ms = 0;
+    if (!c->high_water)
+        c->high_water = IOP_SERVER_DEFAULT_HIGH_WATER;
+    if (!c->stack_size)
+        c->stack_size = IOP_SERVER_DEFAULT_STACK_SIZE;
+}
+
+int iop_server_new(const struct iop_server_config *cfg, iop_server **out)
 {
     if (!out || !cfg)
         return -EINVAL;
@@ -75,10 +92,7 @@ int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
     if (!srv)
         return -ENOMEM;
     srv->cfg = *cfg;
-    if (!srv->cfg.max_conns)
-        srv->cfg.max_conns = 10000;
-    if (!srv->cfg.grace_ms)
-        srv->cfg.grace_ms = 10000;
+    apply_defaults(&srv->cfg);
     srv->nworkers = cfg->workers ? cfg->workers : 1;
     srv->nprocs = cfg->processes;
     *out = srv;
@@ -88,6 +102,11 @@ int iop_server_new(iop_server **out, const struct iop_server_config *cfg)
 void *iop_server_data(const iop_server *srv)
 {
     return srv->cfg.data;
+}
+
+void *iop_server_handler_ctx(const iop_server *srv)
+{
+    return srv->cfg.handler->ctx;
 }
 
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
@@ -200,6 +219,22 @@ int iop_server_adopt(iop_server *srv, int fd)
     return rc;
 }
 
+int iop_server_set_tls(iop_server *srv, size_t i, iop_tls_ctx *tls)
+{
+    if (!srv || srv->running || i >= srv->nls || srv->ls[i].kind == IOP_ADDR_UDP ||
+        (tls && !iop_tls_ctx_is_server(tls)))
+        return -EINVAL;
+    if (tls && !srv->tls_log_last) {
+        void *p = mmap(NULL, sizeof *srv->tls_log_last, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED)
+            return -errno;
+        srv->tls_log_last = p;
+    }
+    srv->ls[i].tls = tls;
+    return 0;
+}
+
 size_t iop_server_listeners(const iop_server *srv)
 {
     return srv->nls;
@@ -236,6 +271,8 @@ void iop_server_free(iop_server *srv)
         listener_close(&srv->ls[i]);
     free(srv->ls);
     free(srv->children);
+    if (srv->tls_log_last)
+        munmap(srv->tls_log_last, sizeof *srv->tls_log_last);
     free(srv);
 }
 
@@ -320,11 +357,12 @@ void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*f
 
 static int run_model(iop_server *srv)
 {
-    if (srv->cfg.model == IOP_MODEL_EVENT)
-        return iop__event_run(srv);
-    if (srv->cfg.model == IOP_MODEL_CORO)
-        return iop__coro_run(srv);
-    return iop__blocking_run(srv);
+    static const struct iop__reactor_ops *const models[] = {
+        [IOP_MODEL_EVENT] = &iop__event_ops,   [IOP_MODEL_ITERATIVE] = &iop__iterative_ops,
+        [IOP_MODEL_THREAD] = &iop__thread_ops, [IOP_MODEL_FORK] = &iop__fork_ops,
+        [IOP_MODEL_CORO] = &iop__coro_ops,
+    };
+    return iop__reactor_run(srv, models[srv->cfg.model]);
 }
 
 static void sleep_ms(long ms)

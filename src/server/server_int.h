@@ -2,20 +2,20 @@
  *
  * server.c     the object, listeners, processes (pre-fork + supervision),
  *              shutdown, and the datagram listeners every model serves
- * reactor.c    the reactor worker of the event and coro models (one per
- *              worker thread): loop, acceptors, max_conns, datagrams, stop
- * event.c      the event model: reactors, each with a stream context per
- *              stream listener; a connection is a stream
- * coro_model.c the coro model: reactors, a coroutine per connection
- *              running the blocking-style handler
- * blocking.c   iterative, thread and fork: an accept loop on one reactor,
- *              handle() run inline, on a thread or in a child process; and
- *              the blocking iop_conn calls
+ * reactor.c    the worker every model runs on (one per worker thread):
+ *              loop, acceptors, max_conns, datagrams, the stop sequence;
+ *              a model is an ops table (reactor_int.h)
+ * event.c      the event model: a connection is a stream
+ * coro_model.c the coro model: a coroutine per connection running the
+ *              blocking-style handler
+ * blocking.c   iterative, thread and fork: handle() run inline, on a
+ *              thread or in a child process
+ * conn.c       the blocking iop_conn calls, and the poll(2) waits of
+ *              iterative, thread and fork connections
  *
- * A model's run function serves in the calling process until the server
- * stops, then returns 0 (or -errno if it could not start).  While it runs,
- * srv->notify(srv) is how iop_server_shutdown() (any thread, or a signal
- * handler) reaches it: it must be async-signal-safe (iop_async_send).
+ * While a model runs, srv->notify(srv) is how iop_server_shutdown() (any
+ * thread, or a signal handler) reaches it: it must be async-signal-safe
+ * (iop_async_send).
  */
 #ifndef IOP_SERVER_INT_H
 #define IOP_SERVER_INT_H
@@ -34,8 +34,9 @@ struct iop__listener {
      * restarted process finds its sockets (and their backlog) waiting. */
     int *fds;
     size_t nfds;
-    int unlink_path; /* a Unix socket file this server created */
-    int reuseport;   /* bound with SO_REUSEPORT (siblings may follow) */
+    int unlink_path;  /* a Unix socket file this server created */
+    int reuseport;    /* bound with SO_REUSEPORT (siblings may follow) */
+    iop_tls_ctx *tls; /* the caller's; NULL: plain */
 };
 
 enum { IOP__RUNNING = 0, IOP__GRACEFUL = 1, IOP__NOW = 2 };
@@ -57,6 +58,10 @@ struct iop_server {
     void (*_Atomic notify)(iop_server *srv);
     atomic_int notifying; /* iop_server_shutdown() calls inside notify */
     void *model;          /* the running model's state */
+    /* When a TLS handshake failure was last logged (seconds): shared with
+     * forked children (iop_server_set_tls maps it), so that the fork model
+     * too logs at most one line a second. */
+    _Atomic long *tls_log_last;
 };
 
 /* Stop notifications reaching the model: clear notify and wait for calls
@@ -72,6 +77,9 @@ int iop__listener_fd(const iop_server *srv, size_t i, unsigned w);
 void iop__server_refuse(iop_server *srv, unsigned w);
 
 /* Log a line through cfg.log (printf-style). */
+/* A failed handshake on fd, logged at most once a second across the
+ * server's threads and processes (the event model's too). */
+void iop__server_tls_log(iop_server *srv, int fd, const char *why, int rc);
 void iop__server_log(const iop_server *srv, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
@@ -86,10 +94,5 @@ void iop__server_dgram_stop(iop_server *srv, iop_dgram **handles);
  * A worker whose thread cannot start does not run (its loop is then torn
  * down unrun by the caller). */
 void iop__server_run_workers(void *workers, size_t stride, unsigned n, void *(*fn)(void *));
-
-/* The models. */
-int iop__event_run(iop_server *srv);
-int iop__blocking_run(iop_server *srv);
-int iop__coro_run(iop_server *srv);
 
 #endif

@@ -17,12 +17,9 @@
 #include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/sendfile.h>
 #include <sys/socket.h>
 
 #include "stream/stream_int.h"
-
-#define IOV_BATCH 64
 
 /* The in-flight send.  Part of the extra state, so that a round of the
  * queue never allocates: a queued response, once accepted, cannot be cut
@@ -32,7 +29,7 @@ struct usend {
     iop_stream *s;
     int busy;
     struct msghdr msg;
-    struct iovec iov[IOV_BATCH];
+    struct iovec iov[IOP__IOV_BATCH];
 };
 
 struct comp_extra {
@@ -66,18 +63,14 @@ static void xtrim(iop_stream *s)
     }
 }
 
-int iop__comp_reserve(iop_stream *s)
+static int comp_reserve(iop_stream *s)
 {
     return xget(s) ? 0 : -ENOMEM;
 }
 
-void iop__comp_trim(iop_stream *s)
-{
-    xtrim(s);
-}
-
 static void start_tx(iop_stream *s);
 static void maybe_done(iop_stream *s);
+static int wait_room(iop_stream *s);
 
 #define STREAM_OF_RECV(op) ((iop_stream *)((char *)(op)-offsetof(iop_stream, u.c.recv)))
 
@@ -158,7 +151,7 @@ static int arm_recv(iop_stream *s)
     if (s->flags & (SF_RECV_ARMED | SF_EOF | SF_FAILED | SF_CLOSING))
         return 0;
     if (!ctx->ring) {
-        int rc = iop_bufring_new(ctx->loop, &ctx->ring, ctx->cfg.ring_buffers, ctx->cfg.read_size);
+        int rc = iop_bufring_new(ctx->loop, ctx->cfg.ring_buffers, ctx->cfg.read_size, &ctx->ring);
         if (rc < 0)
             return rc;
     }
@@ -169,16 +162,19 @@ static int arm_recv(iop_stream *s)
     return 0;
 }
 
-int iop__comp_read_start(iop_stream *s)
+static int comp_read_start(iop_stream *s)
 {
-    if (xt(s)->stash || (s->flags & SF_EOF_OWED)) {
-        iop__stream_pend(s); /* stashed bytes first, then the kernel's */
+    /* Stashed bytes first, then the kernel's; after the EOF nothing more
+     * comes, but bytes or the EOF itself may be owed from while reading
+     * was stopped. */
+    if (xt(s)->stash || (s->flags & (SF_EOF_OWED | SF_EOF))) {
+        iop__stream_pend(s);
         return 0;
     }
     return arm_recv(s);
 }
 
-void iop__comp_read_stop(iop_stream *s)
+static void comp_read_stop(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
@@ -213,6 +209,16 @@ static void send_cb(iop_op *op, int res, unsigned flags)
         maybe_done(s);
         return;
     }
+    if (res == -EAGAIN) {
+        /* The kernel gave up: a send it had polled for found no room again
+         * and went to an io-wq worker, which does not wait on an O_NONBLOCK
+         * socket either (seen on 6.18 with a peer that reads slowly).
+         * Nothing was sent: wait for room ourselves, then send again. */
+        int rc = wait_room(s);
+        if (rc < 0)
+            iop__stream_fail(s, rc);
+        return;
+    }
     if (res < 0) {
         iop__stream_fail(s, res);
         return;
@@ -227,20 +233,15 @@ static void send_cb(iop_op *op, int res, unsigned flags)
 /* Only with s->u.c.x there: a call that queues made sure of it. */
 static void start_send(iop_stream *s)
 {
-    int n = 0;
-    struct wchunk *after = s->whead;
-    for (; after && !after->is_file && n < IOV_BATCH; after = after->next)
-        n++;
-    /* Bytes before a file (a response head) wait in the socket for the
-     * file's first bytes: one segment, and no Nagle stall behind a lone
-     * small one. */
-    int more = after && after->is_file ? MSG_MORE : 0;
     struct usend *u = &s->u.c.x->send;
     memset(&u->msg, 0, sizeof u->msg);
     u->s = s;
-    int i = 0;
-    for (struct wchunk *k = s->whead; i < n; k = k->next)
-        u->iov[i++] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
+    size_t total;
+    int file_next, n = iop__wire_gather(s, u->iov, IOP__IOV_BATCH, &total, &file_next);
+    /* Bytes before a file (a response head) wait in the socket for the
+     * file's first bytes: one segment, and no Nagle stall behind a lone
+     * small one. */
+    int more = file_next ? MSG_MORE : 0;
     int rc;
     if (n == 1) {
         /* One buffer: a plain send spares the kernel the msghdr and iovec
@@ -288,63 +289,12 @@ static int wait_room(iop_stream *s)
     return iop_op_poll(s->ctx->loop, &x->wait, iop__sfd(s), POLLOUT, wait_cb);
 }
 
-/* A file within the next round: the bytes before it go at once too, with
- * MSG_MORE, so that a response head shares a segment with the file. */
-static int file_ahead(const iop_stream *s)
-{
-    int n = 0;
-    const struct wchunk *k = s->whead;
-    for (; k && !k->is_file && n < IOV_BATCH; k = k->next)
-        n++;
-    return k && k->is_file;
-}
-
-/* The bytes before the file: 1 when all went, 0 when the socket is full,
- * -errno. */
-static int head_now(iop_stream *s)
-{
-    struct iovec iov[IOV_BATCH];
-    int n = 0;
-    size_t total = 0, sent;
-    for (struct wchunk *k = s->whead; !k->is_file; k = k->next) {
-        iov[n] = (struct iovec){(void *)(uintptr_t)iop__wchunk_at(k), k->len - k->off};
-        total += iov[n++].iov_len;
-    }
-    int rc = iop__try_write(s, iov, n, 1, &sent);
-    if (rc < 0)
-        return rc;
-    iop__stream_consumed(s, sent);
-    return sent == total;
-}
-
-/* The file at the head: as much as the socket takes.  1 when all went, 0
- * when the socket is full (a short count says so: no second call to hear
- * EAGAIN), -EIO when the file is shorter than promised, -errno. */
-static int file_now(iop_stream *s)
-{
-    struct wchunk *c = s->whead;
-    off_t off = c->file_off;
-    size_t n = c->file_len < (1u << 30) ? c->file_len : (1u << 30);
-    ssize_t r;
-    do
-        r = sendfile(iop__sfd(s), c->file_fd, &off, n);
-    while (r < 0 && errno == EINTR);
-    if (r < 0)
-        return errno == EAGAIN ? 0 : -errno;
-    if (r == 0)
-        return -EIO;
-    iop__stream_consumed(s, (size_t)r);
-    return (size_t)r == n;
-}
-
 /* Files and the bytes before them, at once, until the socket is full; then
  * wait for room.  What follows the last file goes as a send request. */
 static void tx_now(iop_stream *s)
 {
-    int rc = 1;
     size_t before = s->queued;
-    while (rc > 0 && s->whead && file_ahead(s))
-        rc = s->whead->is_file ? file_now(s) : head_now(s);
+    int rc = iop__wire_flush(s, 1, 1);
     if (rc == 0)
         rc = wait_room(s);
     if (rc < 0) {
@@ -364,13 +314,13 @@ static void start_tx(iop_stream *s)
         return;
     if (s->flags & (SF_CLOSING | SF_FAILED))
         return;
-    if (file_ahead(s))
+    if (iop__wire_file_ahead(s))
         tx_now(s);
     else
         start_send(s);
 }
 
-void iop__comp_pending(iop_stream *s)
+static void comp_pending(iop_stream *s)
 {
     deliver_stash(s);
     if (s->flags & (SF_CLOSING | SF_FAILED))
@@ -392,11 +342,6 @@ static int busy(const iop_stream *s)
     return (s->flags & SF_RECV_ARMED) || xt(s)->send.busy || xt(s)->wait.inflight;
 }
 
-int iop__comp_busy(const iop_stream *s)
-{
-    return busy(s);
-}
-
 static void maybe_done(iop_stream *s)
 {
     if (busy(s) || (s->flags & SF_DONE))
@@ -412,7 +357,7 @@ static void maybe_done(iop_stream *s)
     iop__stream_done(s);
 }
 
-void iop__comp_close(iop_stream *s)
+static void comp_close(iop_stream *s)
 {
     if (s->flags & SF_RECV_ARMED)
         (void)iop_op_cancel(&s->u.c.recv);
@@ -422,3 +367,38 @@ void iop__comp_close(iop_stream *s)
         (void)iop_op_cancel(&s->u.c.x->wait);
     maybe_done(s);
 }
+
+static int comp_open(iop_stream *s, int fd)
+{
+    s->u.c.fd = fd;
+    return 0;
+}
+
+/* The room wait is a one-shot poll request: the kernel checks readiness as
+ * it is armed, so a short count can always be taken for "full". */
+static int comp_short_full(const iop_loop *loop)
+{
+    (void)loop;
+    return 1;
+}
+
+static void comp_kick(iop_stream *s)
+{
+    iop__stream_pend(s); /* one send for all writes of this iteration */
+}
+
+const struct iop__stream_engine iop__stream_complete = {
+    .name = "complete",
+    .stream_size = sizeof(iop_stream),
+    .read_size = 16384,
+    .write_now = 0,
+    .short_full = comp_short_full,
+    .open = comp_open,
+    .read_start = comp_read_start,
+    .read_stop = comp_read_stop,
+    .kick = comp_kick,
+    .reserve = comp_reserve,
+    .trim = xtrim,
+    .pending = comp_pending,
+    .close = comp_close,
+};

@@ -74,9 +74,10 @@ int iop_dgram_open(iop_loop *loop, int fd, const struct iop_dgram_config *cfg, i
         d->fd = fd;
         d->cfg = *cfg;
         apply_defaults(&d->cfg);
-        d->completion = (iop_loop_caps(loop) & IOP_CAP_COMPLETION) != 0;
+        d->eng =
+            (iop_loop_caps(loop) & IOP_CAP_COMPLETION) ? &iop__dgram_complete : &iop__dgram_ready;
         d->defer.data = d;
-        rc = d->completion ? 0 : iop__dready_open(d);
+        rc = d->eng->open(d);
     }
     if (rc < 0) {
         close(fd);
@@ -118,7 +119,7 @@ int iop_dgram_recv_start(iop_dgram *d)
     if (d->flags & DF_READING)
         return 0;
     d->flags |= DF_READING;
-    int rc = d->completion ? iop__dcomp_recv_start(d) : iop__dready_recv_start(d);
+    int rc = d->eng->recv_start(d);
     if (rc < 0)
         (void)iop_dgram_recv_stop(d);
     return rc;
@@ -129,10 +130,7 @@ int iop_dgram_recv_stop(iop_dgram *d)
     if (!(d->flags & DF_READING))
         return 0;
     d->flags &= ~DF_READING;
-    if (d->completion)
-        iop__dcomp_recv_stop(d);
-    else
-        iop__dready_recv_stop(d);
+    d->eng->recv_stop(d);
     return 0;
 }
 
@@ -261,10 +259,8 @@ static void pending_run(iop_defer *df)
         dgram_free(d);
     else if (d->flags & DF_CLOSING)
         return; /* the engine is waiting for the kernel */
-    else if (d->completion)
-        iop__dcomp_pending(d);
     else
-        iop__dready_pending(d);
+        d->eng->pending(d);
 }
 
 void iop_dgram_close(iop_dgram *d)
@@ -276,10 +272,7 @@ void iop_dgram_close(iop_dgram *d)
     struct dsend *s;
     while ((s = iop__dgram_pop(d)))
         iop__dgram_sent(d, s);
-    if (d->completion)
-        iop__dcomp_close(d);
-    else
-        iop__dready_close(d);
+    d->eng->close(d);
 }
 
 /* Nothing of ours is in the kernel any more: close the fd, and owe

@@ -163,7 +163,7 @@ static void recv_cb(iop_op *op, int res, unsigned flags)
     release(d);
 }
 
-int iop__dcomp_recv_start(iop_dgram *d)
+static int dcomp_recv_start(iop_dgram *d)
 {
     int rc = slots_get(d);
     if (rc < 0)
@@ -182,7 +182,7 @@ static void cancel_recvs(iop_dgram *d)
             (void)iop_op_cancel(&d->slots[i].op);
 }
 
-void iop__dcomp_recv_stop(iop_dgram *d)
+static void dcomp_recv_stop(iop_dgram *d)
 {
     cancel_recvs(d);
     release(d);
@@ -235,7 +235,7 @@ static void send_cb(iop_op *op, int res, unsigned flags)
 
 /* ---- deferred work and closing ----------------------------------------- */
 
-void iop__dcomp_pending(iop_dgram *d)
+static void dcomp_pending(iop_dgram *d)
 {
     deliver_held(d);
     if (iop__dgram_reading(d) && d->slots) {
@@ -249,7 +249,7 @@ void iop__dcomp_pending(iop_dgram *d)
     release(d);
 }
 
-void iop__dcomp_close(iop_dgram *d)
+static void dcomp_close(iop_dgram *d)
 {
     cancel_recvs(d);
     for (struct dsend *s = d->sflight; s; s = s->next)
@@ -259,3 +259,18 @@ void iop__dcomp_close(iop_dgram *d)
     d->held_head = d->held_tail = NULL;
     maybe_done(d);
 }
+
+static int dcomp_open(iop_dgram *d)
+{
+    (void)d; /* nothing to register: requests go out as receiving starts */
+    return 0;
+}
+
+const struct iop__dgram_engine iop__dgram_complete = {
+    .name = "complete",
+    .open = dcomp_open,
+    .recv_start = dcomp_recv_start,
+    .recv_stop = dcomp_recv_stop,
+    .pending = dcomp_pending,
+    .close = dcomp_close,
+};

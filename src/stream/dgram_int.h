@@ -12,6 +12,8 @@
 
 #include "ioplex/stream.h"
 
+struct iop__dgram_engine;
+
 #define IOP_DGRAM_MAX    65507u /* largest UDP payload over IPv4 */
 #define DGRAM_SEND_BATCH 64     /* datagrams per sendmmsg */
 
@@ -66,7 +68,7 @@ struct iop_dgram {
     iop_loop *loop;
     struct iop_dgram_config cfg;
     int fd;
-    int completion; /* the loop has IOP_CAP_COMPLETION */
+    const struct iop__dgram_engine *eng; /* chosen once, by the loop's caps */
     unsigned flags;
     int err;
     uint64_t dropped;
@@ -102,16 +104,24 @@ static inline int iop__dgram_reading(const iop_dgram *d)
     return (d->flags & (DF_READING | DF_CLOSING | DF_FAILED)) == DF_READING;
 }
 
-/* dgram_ready.c and dgram_complete.c: the same verbs, one engine each. */
-int iop__dready_open(iop_dgram *d);
-int iop__dready_recv_start(iop_dgram *d);
-void iop__dready_recv_stop(iop_dgram *d);
-void iop__dready_pending(iop_dgram *d);
-void iop__dready_close(iop_dgram *d);
+/* One table per way of doing IO, as for streams: dgram.c calls the engine
+ * through d->eng and never asks which one it has. */
+struct iop__dgram_engine {
+    const char *name;
+    /* The handle is new: 0 or -errno (fd not closed). */
+    int (*open)(iop_dgram *d);
+    /* DF_READING was just set: 0 or -errno. */
+    int (*recv_start)(iop_dgram *d);
+    /* DF_READING was just cleared. */
+    void (*recv_stop)(iop_dgram *d);
+    /* Deferred work on an open handle (d->defer). */
+    void (*pending)(iop_dgram *d);
+    /* DF_CLOSING was just set and the queue dropped: stop IO, then
+     * iop__dgram_done() once nothing of the handle's is in the kernel. */
+    void (*close)(iop_dgram *d);
+};
 
-int iop__dcomp_recv_start(iop_dgram *d);
-void iop__dcomp_recv_stop(iop_dgram *d);
-void iop__dcomp_pending(iop_dgram *d);
-void iop__dcomp_close(iop_dgram *d);
+extern const struct iop__dgram_engine iop__dgram_ready;    /* dgram_ready.c */
+extern const struct iop__dgram_engine iop__dgram_complete; /* dgram_complete.c */
 
 #endif

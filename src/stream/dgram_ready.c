@@ -27,7 +27,7 @@ static int edge(const iop_dgram *d)
     return (d->io.events & IOP_EDGE) != 0;
 }
 
-int iop__dready_open(iop_dgram *d)
+static int dready_open(iop_dgram *d)
 {
     iop_loop *loop = d->loop;
     iop_io_init(&d->io, d->fd, ready_cb);
@@ -154,7 +154,7 @@ static void do_read(iop_dgram *d)
     release(d);
 }
 
-int iop__dready_recv_start(iop_dgram *d)
+static int dready_recv_start(iop_dgram *d)
 {
     int rc = batch_get(d);
     if (rc < 0 || (rc = interest(d)) < 0)
@@ -166,7 +166,7 @@ int iop__dready_recv_start(iop_dgram *d)
     return 0;
 }
 
-void iop__dready_recv_stop(iop_dgram *d)
+static void dready_recv_stop(iop_dgram *d)
 {
     d->flags &= ~DF_READ_AGAIN;
     (void)interest(d);
@@ -220,7 +220,7 @@ static void ready_cb(iop_io *w, unsigned revents)
 }
 
 /* Before the loop waits: read on (edge), then send what on_recv queued. */
-void iop__dready_pending(iop_dgram *d)
+static void dready_pending(iop_dgram *d)
 {
     if (d->flags & DF_READ_AGAIN) {
         d->flags &= ~DF_READ_AGAIN;
@@ -232,8 +232,17 @@ void iop__dready_pending(iop_dgram *d)
     flush(d);
 }
 
-void iop__dready_close(iop_dgram *d)
+static void dready_close(iop_dgram *d)
 {
     iop_io_stop(&d->io);
     iop__dgram_done(d);
 }
+
+const struct iop__dgram_engine iop__dgram_ready = {
+    .name = "ready",
+    .open = dready_open,
+    .recv_start = dready_recv_start,
+    .recv_stop = dready_recv_stop,
+    .pending = dready_pending,
+    .close = dready_close,
+};

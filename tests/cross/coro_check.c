@@ -61,7 +61,7 @@ static void interleave(void)
 {
     iop_coro *co[NCO];
     for (long i = 0; i < NCO; i++)
-        if (iop_coro_new(&co[i], worker, (void *)(intptr_t)i, 0) < 0)
+        if (iop_coro_new(worker, (void *)(intptr_t)i, 0, &co[i]) < 0)
             fail("new", i, 0);
     long acc[NCO];
     for (long i = 0; i < NCO; i++)
@@ -104,7 +104,7 @@ static void recursion(void)
     iop_coro *co;
     void *out = NULL;
     /* ~150 frames of ~300 bytes: about 45 KiB of a 64 KiB stack. */
-    if (iop_coro_new(&co, deep, (void *)(intptr_t)150, 64 * 1024) < 0 ||
+    if (iop_coro_new(deep, (void *)(intptr_t)150, 64 * 1024, &co) < 0 ||
         iop_coro_resume(co, NULL, &out) != 1)
         fail("deep recursion", 0, 1);
     else {
@@ -129,7 +129,7 @@ static void guard_page(void)
     pid_t pid = fork();
     if (pid == 0) {
         iop_coro *co;
-        if (iop_coro_new(&co, overflow, NULL, 64 * 1024) == 0)
+        if (iop_coro_new(overflow, NULL, 64 * 1024, &co) == 0)
             iop_coro_resume(co, NULL, NULL);
         _exit(0);
     }

@@ -14,7 +14,8 @@
 static void same_addr(const iop_addr *a, const iop_addr *b)
 {
     /* The parser zeroes the whole struct first: padding compares too. */
-    if (a->kind != b->kind || a->len != b->len || memcmp(&a->u, &b->u, sizeof a->u) != 0)
+    if (a->kind != b->kind || a->len != b->len || a->dual != b->dual ||
+        memcmp(&a->u, &b->u, sizeof a->u) != 0)
         abort();
 }
 

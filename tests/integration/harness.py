@@ -12,6 +12,8 @@ few socket helpers and the case runner.
 - sockaddr(), send_bg(), children(), has_ipv6(): an ADDR as the socket
   module takes it, sendall on a thread, the child processes of a server,
   whether ::1 can be bound.
+- as_user(name): a copy of EXE that another user can run (the checkout may
+  sit under a folder only its owner can enter), for Server(..., exe=, user=).
 - parse_args(), run_cases(): the command line every such script takes
   (--ioplex, -k, -j) and the parallel run with its `STATUS NAME  NOTE` lines
   and `N cases, F failed, S s` summary; run_cases returns the exit status
@@ -32,8 +34,10 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import pwd
 import queue
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -90,19 +94,20 @@ _case = threading.local()  # .servers: the servers the running case started
 class Server:
     """`ioplex COMMAND -l ADDR... --grace GRACE ARGS` (listening on port 0);
     addrs holds the `listening` ADDRs, addr the first.  user runs it as that
-    user (and group), cwd in that directory, preexec is called in the child
-    before it runs (resource.setrlimit, say).  As a context manager it stops
+    user (and group), cwd in that directory, exe instead of EXE (see
+    as_user); preexec is called in the child before it runs
+    (resource.setrlimit, say).  As a context manager it stops
     the server with SIGTERM on the way out and requires exit status 0 and no
     sanitizer report."""
 
     err_tail = None  # how much of stderr a wrong exit status shows (None: all)
 
     def __init__(self, command, *args, listen=("127.0.0.1:0",), grace="3", cwd=None, user=None,
-                 preexec=None):
+                 exe=None, preexec=None):
         if hasattr(_case, "servers"):
             _case.servers.append(self)
         self.stopped = False  # a stop was asked for (kill_with)
-        self.cmd = [EXE, *command, *[x for a in listen for x in ("-l", a)], "--grace", grace,
+        self.cmd = [exe or EXE, *command, *[x for a in listen for x in ("-l", a)], "--grace", grace,
                     *args]
         kw = {}
         if user is not None:
@@ -285,6 +290,59 @@ def parse_args(jobs, no_uring=False):
     a = ap.parse_args()
     EXE = os.path.abspath(a.ioplex)
     return a
+
+
+@contextlib.contextmanager
+def as_user(name, src=None):
+    """(uid, dir, exe): a fresh directory (mode 0755) that user `name` can
+    enter, holding exe, a copy of src (default EXE) it can run; removed on
+    the way out.
+
+    EXE itself may be out of that user's reach: a clone under a folder only
+    its owner can enter (root's home is mode 0700) makes exec fail with
+    EACCES.  The directory is made under the first of /tmp, /var/tmp,
+    /dev/shm where the copy runs as that user (not TMPDIR, which may be
+    private too; /tmp may be mounted noexec).  Skip when this process cannot
+    switch users (not root), the user does not exist, or no place works."""
+    if os.geteuid() != 0:
+        raise Skip(f"not root: cannot start a server as {name}")
+    try:
+        uid = pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise Skip(f"no user {name!r} here")
+    tried = []
+    for base in ("/tmp", "/var/tmp", "/dev/shm"):
+        d, why = _runnable_copy(src or EXE, base, uid)
+        if d:
+            try:
+                yield uid, d, os.path.join(d, "ioplex")
+            finally:
+                shutil.rmtree(d, ignore_errors=True)
+            return
+        tried.append(f"{base}: {why}")
+    raise Skip(f"{name} cannot run a copy of {src or EXE} anywhere: {'; '.join(tried)}")
+
+
+def _runnable_copy(src, base, uid):
+    """(dir, None) with dir/ioplex a copy of src that uid runs, or (None, why)."""
+    try:
+        d = tempfile.mkdtemp(prefix="ioplex-as-user-", dir=base)
+    except OSError as e:
+        return None, e.strerror
+    try:
+        os.chmod(d, 0o755)
+        exe = os.path.join(d, "ioplex")
+        shutil.copy(src, exe)
+        os.chmod(exe, 0o755)
+        p = subprocess.run([exe, "--version"], user=uid, group=uid, extra_groups=[], cwd=d,
+                           capture_output=True, timeout=T)
+        if p.returncode == 0:
+            return d, None
+        why = f"exit {p.returncode} {p.stderr[:200]!r}"
+    except OSError as e:  # exec refused (a noexec mount) raises here
+        why = e.strerror
+    shutil.rmtree(d, ignore_errors=True)
+    return None, why
 
 
 @contextlib.contextmanager

@@ -8,6 +8,7 @@ other backend x model combination runs a representative subset (1 MiB raw
 echo, Unix, half-close, split lines and frames, greeting, UDP, max-frame).
 Cases run in parallel threads; every socket call, queue read and process
 wait has a timeout, so a hang fails its case instead of the suite."""
+import fcntl
 import os
 import re
 import select
@@ -16,6 +17,8 @@ import socket
 import struct
 import subprocess
 import sys
+import termios
+import threading
 import time
 
 import harness
@@ -339,6 +342,24 @@ def t_ipv6():
         check_raw(srv, srv.addrs[0], "ipv6")
 
 
+def all_interfaces(*extra):
+    """`-l :0` is every interface, IPv6 and IPv4: one [::] socket (printed
+    `listening [::]:PORT`) served over ::1 and 127.0.0.1, for TCP and UDP
+    alike and by every SO_REUSEPORT sibling; 0.0.0.0 where IPv6 is absent."""
+    what = f"-l :0 {' '.join(extra)}"
+    with Server(*E, *extra, listen=(":0", "udp::0")) as srv:
+        any_host = r"\[::\]" if IPV6 else r"0\.0\.0\.0"
+        for addr, prefix in zip(srv.addrs, ("", "udp:")):
+            check(re.fullmatch(prefix + any_host + r":[1-9]\d*", addr), f"{what}: {srv.addrs}")
+        tcp, udp = (a.rsplit(":", 1)[1] for a in srv.addrs)
+        for host in ("127.0.0.1", "[::1]") if IPV6 else ("127.0.0.1",):
+            concurrent_clients(f"{host}:{tcp}", 8, f"{what} over {host}")  # every worker's socket
+            check_raw(srv, f"{host}:{tcp}", f"{what} over {host}", size=1 << 16)
+            check(udp_ask(f"udp:{host}:{udp}", b"ping") == b"ping", f"{what}: udp over {host}")
+    if not IPV6:
+        raise Skip("no IPv6 here: checked the 0.0.0.0 fallback only")
+
+
 def t_two_listeners():
     second = "[::1]:0" if IPV6 else f"unix:{tmp_path('two.sock')}"
     with Server(*E, "--lines", listen=("127.0.0.1:0", second)) as srv:
@@ -440,6 +461,68 @@ def graceful(model, sig=signal.SIGTERM, backend="epoll"):
         srv.kill()
 
 
+def unacked(s):
+    """Bytes sent on TCP socket s that the peer has not acknowledged yet."""
+    return struct.unpack("i", fcntl.ioctl(s, termios.TIOCOUTQ, b"\0" * 4))[0]
+
+
+def stop_mid_stream(backend, model, listen="127.0.0.1:0", total=8 << 20):
+    """SIGTERM while a client streams in without reading, every buffer on the
+    way full and input the server has not read waiting in its kernel: each
+    byte that reached the server before the stop comes back, in order, then
+    EOF, never a reset (a close with input unread sends one, destroying the
+    replies in flight), and the server exits.  The client then writes the
+    rest and shuts its side down; the server may echo that too, or discard
+    it after its FIN."""
+    what = f"stop mid-stream {backend}/{model} {listen.split(':')[0]}"
+    srv = Server(*BACKENDS[backend], "--model", model, listen=(listen,))
+    try:
+        fam, _, sa = sockaddr(srv.addr)
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            # Small client buffers (no autotuning): the server holds the rest.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+            s.settimeout(T)
+            s.connect(sa)
+            data = os.urandom(total)
+            s.setblocking(False)
+            sent = 0
+            while sent < total:  # until the socket stays full: the server reads no more
+                try:
+                    sent += s.send(data[sent:sent + (1 << 16)])
+                except BlockingIOError:
+                    if not select.select([], [s], [], 0.2)[1]:
+                        break
+            # What the server's kernel has: on TCP what it acknowledged, on
+            # a Unix socket everything sent.
+            reached = sent if fam == socket.AF_UNIX else sent - unacked(s)
+            srv.kill_with()
+            s.settimeout(T)
+
+            def rest():
+                try:
+                    s.sendall(data[sent:])
+                    s.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass  # the server may be done with us: only what reached it is owed
+            writer = threading.Thread(target=rest, daemon=True)
+            writer.start()
+            got = bytearray()
+            try:
+                while chunk := s.recv(1 << 20):
+                    got += chunk
+            except ConnectionResetError:
+                raise Fail(f"{what}: reset after {len(got)} bytes of the {reached} owed")
+            except socket.timeout:
+                raise Fail(f"{what}: no EOF within {T} s, {len(got)} of {reached} bytes back")
+            check(got == data[:len(got)], f"{what}: the echo differs from what was sent")
+            check(len(got) >= reached, f"{what}: {len(got)} bytes back, {reached} reached the server")
+            writer.join(T)
+        srv.wait_exit()
+    finally:
+        srv.kill()
+
+
 def second_signal(model):
     what = f"second SIGTERM {model}"
     srv = Server(*E, "--model", model, "--framed", grace="60")
@@ -456,17 +539,27 @@ def second_signal(model):
         srv.kill()
 
 
-def t_grace_expires():
-    srv = Server(*E, "--framed", grace="0.5")
+def stop_in_flight(grace, lo, hi):
+    """A request in flight at SIGTERM: the server is gone within [lo, hi] s."""
+    srv = Server(*E, "--framed", grace=grace)
     try:
         s, th, _ = stalled_reply(srv)
         with s:
             t0 = time.monotonic()
             srv.stop(timeout=6)
             took = time.monotonic() - t0
-            check(0.4 <= took <= 5, f"--grace 0.5: stopped after {took:.2f} s")
+            check(lo <= took <= hi, f"--grace {grace}: stopped after {took:.2f} s")
     finally:
         srv.kill()
+
+
+def t_grace_expires():
+    stop_in_flight("0.5", 0.4, 5)
+
+
+def t_grace_zero():
+    """--grace 0 is no grace (the library's default would be 10 s)."""
+    stop_in_flight("0", 0, 2)
 
 
 def t_fork_no_zombie():
@@ -651,6 +744,11 @@ def cases():
         out.append((f"graceful {m}", lambda m=m: graceful(m)))
         out.append((f"second signal {m}", lambda m=m: second_signal(m)))
     out.append(("graceful uring/event", lambda: graceful("event", backend="uring")))
+    for b in BACKENDS:
+        for m in MODELS:
+            out.append((f"stop mid-stream {b}/{m}", lambda b=b, m=m: stop_mid_stream(b, m)))
+    out.append(("stop mid-stream unix epoll/event",
+                lambda: stop_mid_stream("epoll", "event", f"unix:{tmp_path('mid.sock')}")))
     for m in ("event", "thread", "fork", "coro"):
         out.append((f"max-conns {m}", lambda m=m: max_conns(m)))
     out.append(("max-conns uring/event", lambda: max_conns("event", "uring")))
@@ -658,6 +756,8 @@ def cases():
     for m in ("event", "thread", "iterative", "fork", "coro"):
         out.append((f"idle-timeout {m}", lambda m=m: idle_timeout(m)))
     out.append(("idle-timeout uring-edge/event", lambda: idle_timeout("event", "uring-edge")))
+    for extra in ((), ("--workers", "2"), ("--processes", "2"), ("--model", "thread")):
+        out.append((f"all interfaces {' '.join(extra)}".rstrip(), lambda e=extra: all_interfaces(*e)))
     out.append(("processes", lambda: processes()))
     out.append(("processes workers", lambda: processes("--workers", "2")))
     out.append(("processes thread", lambda: processes("--model", "thread")))

@@ -27,6 +27,7 @@ import http.client
 import os
 import re
 import select
+import shutil
 import signal
 import socket
 import struct
@@ -86,10 +87,8 @@ def _write(path, data, mode=0o644):
 
 
 def make_root():
-    """TMP/root is DIR; TMP/secret and TMP/outside/ lie next to it.  Everything
-    is world-readable (the unreadable-file case runs the server as nobody)."""
+    """TMP/root is DIR; TMP/secret and TMP/outside/ lie next to it."""
     global ROOT
-    os.chmod(harness.TMP, 0o755)
     _write(tmp_path("secret"), SECRET + b"\n")
     os.mkdir(tmp_path("outside"), 0o755)
     _write(tmp_path("outside/secret2"), SECRET2 + b"\n")
@@ -1073,21 +1072,40 @@ def t_no_listing():
         expect_file(get(srv.addr, "/nolist/one.txt"), "/nolist/one.txt", "--no-listing a file")
 
 
-def t_unreadable():
+def t_unreadable(src=None):
+    """Permissions are the kernel's: a file or directory the server's user
+    cannot read is a 403.  As root reads everything, the server runs as
+    nobody, from a copy of the program (src, default EXE) and of the files it
+    serves in a place nobody can reach (harness.as_user): the checkout and
+    TMP may not be."""
+    with harness.as_user("nobody", src) as (nobody, d, exe):
+        root = os.path.join(d, "root")
+        os.mkdir(root, 0o755)
+        for name in ("hello", "4k"):
+            shutil.copy2(os.path.join(ROOT, name), os.path.join(root, name))
+        _write(os.path.join(root, "noread.txt"), b"you cannot read me\n", 0o000)
+        os.mkdir(os.path.join(root, "noreaddir"), 0o755)
+        _write(os.path.join(root, "noreaddir/x.txt"), b"x\n")
+        os.chmod(os.path.join(root, "noreaddir"), 0o000)
+        with Server(*E, root=root, user=nobody, exe=exe, cwd=d) as srv:
+            expect_file(get(srv.addr, "/hello"), "/hello", "as nobody: a readable file")
+            expect_status(get(srv.addr, "/noread.txt"), 403, "as nobody: a mode 000 file")
+            expect_status(get(srv.addr, "/noread.txt", method="HEAD"), 403, "as nobody: HEAD")
+            expect_status(get(srv.addr, "/noreaddir/"), 403, "as nobody: a mode 000 directory")
+            expect_file(get(srv.addr, "/4k"), "/4k", "as nobody: still serving")
+
+
+def t_unreadable_private_checkout():
+    """The same with the program in a folder only its owner can enter, as a
+    clone under root's home (mode 0700) leaves it."""
     if os.geteuid() != 0:
         raise Skip("not root: cannot start the server as nobody")
-    import pwd
-    nobody = pwd.getpwnam("nobody").pw_uid
-    probe = subprocess.run([harness.EXE, "--version"], user=nobody, group=nobody, extra_groups=[],
-                           capture_output=True, timeout=T)
-    if probe.returncode != 0:
-        raise Skip(f"nobody cannot run {harness.EXE}: {probe.stderr[:200]!r}")
-    with Server(*E, user=nobody) as srv:
-        expect_file(get(srv.addr, "/hello"), "/hello", "as nobody: a readable file")
-        expect_status(get(srv.addr, "/noread.txt"), 403, "as nobody: a mode 000 file")
-        expect_status(get(srv.addr, "/noread.txt", method="HEAD"), 403, "as nobody: HEAD")
-        expect_status(get(srv.addr, "/noreaddir/"), 403, "as nobody: a mode 000 directory")
-        expect_file(get(srv.addr, "/4k"), "/4k", "as nobody: still serving")
+    private = tmp_path("private")
+    os.makedirs(os.path.join(private, "build"), 0o755)
+    os.chmod(private, 0o700)
+    src = os.path.join(private, "build", "ioplex")
+    shutil.copy(harness.EXE, src)
+    t_unreadable(src)
 
 
 def t_conditional():
@@ -1668,6 +1686,19 @@ def t_unix():
                 expect_file(c.response(f"unix {p}"), p, f"unix {p}")
         check_pipeline(srv.addr, "unix")
     check(not os.path.exists(path), "unix socket file left behind after the stop")
+
+
+def t_all_interfaces():
+    """`-l :0` answers over ::1 and 127.0.0.1 alike: `listening [::]:PORT`,
+    one dual-stack socket (0.0.0.0 where IPv6 is absent)."""
+    with Server(*E, listen=(":0",)) as srv:
+        want = r"\[::\]:[1-9]\d*" if IPV6 else r"0\.0\.0\.0:[1-9]\d*"
+        check(re.fullmatch(want, srv.addr), f"-l :0 listening {srv.addr}")
+        port = srv.addr.rsplit(":", 1)[1]
+        for host in ("127.0.0.1", "[::1]") if IPV6 else ("127.0.0.1",):
+            expect_file(get(f"{host}:{port}", "/4k", host=host), "/4k", f"-l :0 over {host}")
+    if not IPV6:
+        raise Skip("no IPv6 here: checked the 0.0.0.0 fallback only")
 
 
 def t_ipv6():

@@ -57,7 +57,7 @@ long long iop_test_now_ms(void)
 iop_loop *iop_test_loop(const struct iop_test_backend *be)
 {
     iop_loop *l = NULL;
-    int rc = iop_loop_new(&l, be->kind, be->flags);
+    int rc = iop_loop_new(be->kind, be->flags, &l);
     if (rc < 0)
         iop_test_fail(__FILE__, __LINE__, "iop_loop_new(%s): %s", be->variant, iop_strerror(rc));
     return l;
@@ -149,7 +149,7 @@ static int run_one(int t, const struct iop_test_backend *be)
 static int backend_available(const struct iop_test_backend *be)
 {
     iop_loop *l = NULL;
-    int rc = iop_loop_new(&l, be->kind, be->flags);
+    int rc = iop_loop_new(be->kind, be->flags, &l);
     if (rc < 0) {
         fprintf(stderr, "backend %s unavailable: %s\n", be->variant, iop_strerror(rc));
         return 0;

@@ -103,7 +103,7 @@ static inline void fixture_start_addrs(struct fixture *f, const struct iop_test_
     memset(f, 0, sizeof *f);
     cfg.backend = be->kind;
     cfg.loop_flags = be->flags;
-    CHECK_OK(iop_server_new(&f->srv, &cfg));
+    CHECK_OK(iop_server_new(&cfg, &f->srv));
     for (int i = 0; i < n; i++) {
         CHECK_EQ(iop_server_listen(f->srv, addrs[i]), i);
         CHECK_OK(iop_server_addr(f->srv, (size_t)i, &f->addr[i]));

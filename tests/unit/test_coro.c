@@ -68,7 +68,7 @@ IOP_TEST(values, be)
     (void)be;
     iop_coro *co;
     void *out;
-    CHECK_OK(iop_coro_new(&co, echo_plus_one, (void *)41, 0));
+    CHECK_OK(iop_coro_new(echo_plus_one, (void *)41, 0, &co));
     CHECK(iop_coro_arg(co) == (void *)41);
     CHECK_EQ(iop_coro_status(co), IOP_CORO_SUSPENDED);
     CHECK(iop_coro_current() == NULL);
@@ -93,8 +93,8 @@ IOP_TEST(errors, be)
     (void)be;
     iop_coro *co;
     CHECK_EQ(iop_coro_yield(NULL, NULL), -EPERM);
-    CHECK_EQ(iop_coro_new(&co, NULL, NULL, 0), -EINVAL);
-    CHECK_EQ(iop_coro_new(&co, echo_plus_one, NULL, SIZE_MAX), -EINVAL);
+    CHECK_EQ(iop_coro_new(NULL, NULL, 0, &co), -EINVAL);
+    CHECK_EQ(iop_coro_new(echo_plus_one, NULL, SIZE_MAX, &co), -EINVAL);
 }
 
 /* ---- callee-saved registers survive ------------------------------------- */
@@ -144,7 +144,7 @@ IOP_TEST(registers_survive, be)
     enum { N = 3, STEPS = 500 };
     iop_coro *co[N];
     for (int i = 0; i < N; i++)
-        CHECK_OK(iop_coro_new(&co[i], mixed_work, (void *)(intptr_t)(STEPS + i), 0));
+        CHECK_OK(iop_coro_new(mixed_work, (void *)(intptr_t)(STEPS + i), 0, &co[i]));
     /* The resumer keeps its own register-held values across the switches. */
     long mine = 5, updates = 0;
     double fmine = 2.5;
@@ -212,7 +212,7 @@ IOP_TEST(fp_control_per_context, be)
     (void)be;
     iop_coro *co;
     unsigned before = get_mxcsr();
-    CHECK_OK(iop_coro_new(&co, round_up_body, NULL, 0));
+    CHECK_OK(iop_coro_new(round_up_body, NULL, 0, &co));
     CHECK_EQ(iop_coro_resume(co, NULL, NULL), 0);
     CHECK_EQ(get_mxcsr(), before);
     CHECK_EQ(iop_coro_resume(co, NULL, NULL), 1);
@@ -235,7 +235,7 @@ static void *nested_outer(iop_coro *co, void *arg)
     (void)arg;
     iop_coro *inner;
     void *out;
-    CHECK_OK(iop_coro_new(&inner, nested_inner, (void *)21, 0));
+    CHECK_OK(iop_coro_new(nested_inner, (void *)21, 0, &inner));
     CHECK_EQ(iop_coro_resume(inner, NULL, &out), 0);
     CHECK_EQ((uintptr_t)out, 21);
     CHECK(iop_coro_current() == co);
@@ -252,7 +252,7 @@ IOP_TEST(nested, be)
     (void)be;
     iop_coro *co;
     void *out;
-    CHECK_OK(iop_coro_new(&co, nested_outer, NULL, 0));
+    CHECK_OK(iop_coro_new(nested_outer, NULL, 0, &co));
     CHECK_EQ(iop_coro_resume(co, NULL, &out), 0);
     CHECK_EQ((uintptr_t)out, 1);
     CHECK(iop_coro_current() == NULL);
@@ -287,7 +287,7 @@ IOP_TEST(round_robin_1000, be)
     (void)be;
     static iop_coro *co[RR_N];
     for (int i = 0; i < RR_N; i++)
-        CHECK_OK(iop_coro_new(&co[i], rr_body, (void *)(intptr_t)i, 0));
+        CHECK_OK(iop_coro_new(rr_body, (void *)(intptr_t)i, 0, &co[i]));
     size_t live;
     iop_coro_stats(&live, NULL);
     CHECK_EQ(live, RR_N);
@@ -336,7 +336,7 @@ IOP_TEST(deep_recursion, be)
     iop_coro *co;
     void *out1, *out2;
     /* 40 levels of >= 1 KiB: 40 KiB of frames in a 64 KiB stack. */
-    CHECK_OK(iop_coro_new(&co, deep_body, (void *)40, 64 * 1024));
+    CHECK_OK(iop_coro_new(deep_body, (void *)40, 64 * 1024, &co));
     CHECK_EQ(iop_coro_resume(co, NULL, &out1), 0);
     CHECK_EQ(iop_coro_resume(co, NULL, &out2), 1);
     CHECK(out1 == out2);
@@ -352,7 +352,7 @@ IOP_TEST(guard_page_segv, be)
     if (pid == 0) {
         /* Without a guard page this would write far below the stack. */
         iop_coro *co;
-        if (iop_coro_new(&co, deep_body, (void *)1000, 64 * 1024) < 0)
+        if (iop_coro_new(deep_body, (void *)1000, 64 * 1024, &co) < 0)
             _exit(3);
         iop_coro_resume(co, NULL, NULL);
         _exit(4); /* not reached */
@@ -381,7 +381,7 @@ IOP_TEST(no_stack_leak, be)
     iop_coro_stats(&live0, &pooled0);
     for (int round = 0; round < 3; round++) {
         for (int i = 0; i < N; i++) {
-            CHECK_OK(iop_coro_new(&co[i], yield_once, NULL, 0));
+            CHECK_OK(iop_coro_new(yield_once, NULL, 0, &co[i]));
             CHECK_EQ(iop_coro_resume(co[i], NULL, NULL), 0);
         }
         iop_coro_stats(&live, NULL);
@@ -397,7 +397,7 @@ IOP_TEST(no_stack_leak, be)
         CHECK_EQ(pooled, IOP_CORO_POOL_MAX);
     }
     /* The pool is reused: a new coroutine takes a pooled stack. */
-    CHECK_OK(iop_coro_new(&co[0], yield_once, NULL, 0));
+    CHECK_OK(iop_coro_new(yield_once, NULL, 0, &co[0]));
     iop_coro_stats(NULL, &pooled);
     CHECK_EQ(pooled, IOP_CORO_POOL_MAX - 1);
     CHECK_OK(iop_coro_free(co[0]));
@@ -428,7 +428,7 @@ IOP_TEST(pages_touched_only_as_used, be)
     iop_coro_pool_trim();
     long before = rss_kib();
     for (int i = 0; i < N; i++) {
-        CHECK_OK(iop_coro_new(&co[i], yield_once, NULL, 0));
+        CHECK_OK(iop_coro_new(yield_once, NULL, 0, &co[i]));
         CHECK_EQ(iop_coro_resume(co[i], NULL, NULL), 0); /* started, now idle */
     }
     long delta = rss_kib() - before;

@@ -479,10 +479,10 @@ IOP_TEST(backend_parse, be)
     CHECK_EQ(iop_backend_parse("epoll "), -EINVAL);
     CHECK_EQ(iop_backend_parse(NULL), -EINVAL);
     iop_loop *l = NULL;
-    CHECK_EQ(iop_loop_new(&l, 99, 0), -EINVAL);
-    CHECK_EQ(iop_loop_new(&l, -EINVAL, 0), -EINVAL);
-    CHECK_EQ(iop_loop_new(&l, IOP_BACKEND_POLL, 0x80), -EINVAL);
-    CHECK_EQ(iop_loop_new(NULL, IOP_BACKEND_POLL, 0), -EINVAL);
+    CHECK_EQ(iop_loop_new(99, 0, &l), -EINVAL);
+    CHECK_EQ(iop_loop_new(-EINVAL, 0, &l), -EINVAL);
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_POLL, 0x80, &l), -EINVAL);
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_POLL, 0, NULL), -EINVAL);
     CHECK(l == NULL);
 }
 
@@ -524,10 +524,10 @@ IOP_TEST(edge_needs_an_edge_backend, be)
 {
     (void)be;
     iop_loop *l = NULL;
-    CHECK_EQ(iop_loop_new(&l, IOP_BACKEND_SELECT, IOP_LOOP_EDGE), -ENOTSUP);
-    CHECK_EQ(iop_loop_new(&l, IOP_BACKEND_POLL, IOP_LOOP_EDGE), -ENOTSUP);
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_SELECT, IOP_LOOP_EDGE, &l), -ENOTSUP);
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_POLL, IOP_LOOP_EDGE, &l), -ENOTSUP);
     CHECK(l == NULL);
-    CHECK_OK(iop_loop_new(&l, IOP_BACKEND_AUTO, IOP_LOOP_EDGE));
+    CHECK_OK(iop_loop_new(IOP_BACKEND_AUTO, IOP_LOOP_EDGE, &l));
     CHECK(iop_loop_caps(l) & IOP_CAP_EDGE);
     CHECK_EQ(iop_loop_flags(l), IOP_LOOP_EDGE);
     iop_test_loop_free(l);
@@ -539,9 +539,9 @@ IOP_TEST(auto_prefers_uring, be)
     /* uring where this kernel allows it (it does on the development and CI
      * machines), else epoll. */
     iop_loop *u = NULL, *l = NULL;
-    int uring_rc = iop_loop_new(&u, IOP_BACKEND_URING, 0);
+    int uring_rc = iop_loop_new(IOP_BACKEND_URING, 0, &u);
     iop_test_loop_free(u);
-    CHECK_OK(iop_loop_new(&l, IOP_BACKEND_AUTO, 0));
+    CHECK_OK(iop_loop_new(IOP_BACKEND_AUTO, 0, &l));
     CHECK(!strcmp(iop_loop_backend(l), uring_rc == 0 ? "uring" : "epoll"));
     iop_test_loop_free(l);
 }
@@ -585,13 +585,13 @@ static void seccomp_child(void)
         _exit(77);
     }
     iop_loop *l = NULL;
-    CHECK_EQ(iop_loop_new(&l, IOP_BACKEND_URING, 0), -EPERM);
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_URING, 0, &l), -EPERM);
     CHECK(l == NULL);
-    CHECK_EQ(iop_loop_new(&l, IOP_BACKEND_URING, IOP_LOOP_EDGE), -EPERM);
-    CHECK_OK(iop_loop_new(&l, IOP_BACKEND_AUTO, 0));
+    CHECK_EQ(iop_loop_new(IOP_BACKEND_URING, IOP_LOOP_EDGE, &l), -EPERM);
+    CHECK_OK(iop_loop_new(IOP_BACKEND_AUTO, 0, &l));
     CHECK(!strcmp(iop_loop_backend(l), "epoll"));
     iop_test_loop_free(l);
-    CHECK_OK(iop_loop_new(&l, IOP_BACKEND_AUTO, IOP_LOOP_EDGE));
+    CHECK_OK(iop_loop_new(IOP_BACKEND_AUTO, IOP_LOOP_EDGE, &l));
     CHECK(!strcmp(iop_loop_backend(l), "epoll"));
     iop_test_loop_free(l);
     _exit(0);

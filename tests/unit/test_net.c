@@ -87,7 +87,7 @@ struct form {
 static const struct form forms[] = {
     {"127.0.0.1:8000", NULL, IOP_ADDR_TCP, AF_INET, 8000},
     {"0.0.0.0:0", NULL, IOP_ADDR_TCP, AF_INET, 0},
-    {":8000", "0.0.0.0:8000", IOP_ADDR_TCP, AF_INET, 8000},
+    {":8000", NULL, IOP_ADDR_TCP, AF_INET, 8000},
     {"1.2.3.4:00080", "1.2.3.4:80", IOP_ADDR_TCP, AF_INET, 80},
     {"255.255.255.255:65535", NULL, IOP_ADDR_TCP, AF_INET, 65535},
     {"[::1]:8000", NULL, IOP_ADDR_TCP, AF_INET6, 8000},
@@ -101,7 +101,7 @@ static const struct form forms[] = {
     {"unix:/odd:[name]@:80", NULL, IOP_ADDR_UNIX, AF_UNIX, 0},
     {"unix:@abstract", NULL, IOP_ADDR_UNIX, AF_UNIX, 0},
     {"udp:127.0.0.1:9000", NULL, IOP_ADDR_UDP, AF_INET, 9000},
-    {"udp::9000", "udp:0.0.0.0:9000", IOP_ADDR_UDP, AF_INET, 9000},
+    {"udp::9000", NULL, IOP_ADDR_UDP, AF_INET, 9000},
     {"udp:[::1]:53", NULL, IOP_ADDR_UDP, AF_INET6, 53},
 };
 
@@ -125,6 +125,9 @@ IOP_TEST(addr_every_form_round_trips, be)
             CHECK_OK(iop_addr_parse_numeric(want, &b));
             CHECK_EQ(b.kind, a.kind);
             CHECK_EQ(b.len, a.len);
+            CHECK_EQ(b.dual, a.dual);
+            /* Only `:PORT` means both families. */
+            CHECK_EQ(a.dual, f->text[0] == ':' || strncmp(f->text, "udp::", 5) == 0);
             CHECK(memcmp(&a.u, &b.u, a.len) == 0);
         }
     }
@@ -342,12 +345,13 @@ IOP_TEST(listen_tcp6_is_v6only, be)
     CHECK_EQ(sockopt(fd6, IPPROTO_IPV6, IPV6_V6ONLY), 1);
     close(fd6);
 
-    /* v6-only: [::]:P and :P (0.0.0.0:P) bind side by side.  The kernel
+    /* v6-only: [::]:P and 0.0.0.0:P bind side by side.  The kernel
      * picks P free for IPv6 only, so another process may hold it on IPv4:
      * try a few ports (with dual-stack sockets every try would fail). */
     for (int tries = 0;; tries++) {
         fd6 = listen_on("[::]:0", NULL, &bound);
-        snprintf(want, sizeof want, ":%u", port_of(&bound));
+        CHECK_EQ(bound.dual, 0);
+        snprintf(want, sizeof want, "0.0.0.0:%u", port_of(&bound));
         CHECK_OK(iop_addr_parse(want, &a));
         rc = iop_listen(&a, NULL, &fd4);
         close(fd6);
@@ -357,6 +361,111 @@ IOP_TEST(listen_tcp6_is_v6only, be)
         CHECK(tries < 20);
     }
     close(fd4);
+}
+
+/* Whether this host has IPv6 at all (the loopback can be bound). */
+static int have_ipv6(void)
+{
+    int fd = socket(AF_INET6, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;
+    struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int ok = bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+    close(fd);
+    return ok;
+}
+
+/* Connect to the port of bound over the loopback of family, then accept it
+ * on fd (blocking a moment): the peer's family as the server sees it. */
+static int connect_accept(int fd, const iop_addr *bound, int family)
+{
+    char text[64];
+    snprintf(text, sizeof text, family == AF_INET6 ? "[::1]:%u" : "127.0.0.1:%u", port_of(bound));
+    iop_addr to;
+    CHECK_OK(iop_addr_parse_numeric(text, &to));
+    int c = socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    CHECK(c >= 0);
+    if (connect(c, &to.u.sa, to.len) < 0)
+        iop_test_fail(__FILE__, __LINE__, "connect %s: %s", text, iop_strerror(-errno));
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 2000), 1);
+    struct sockaddr_storage peer;
+    socklen_t len = sizeof peer;
+    int s = accept4(fd, (struct sockaddr *)&peer, &len, SOCK_CLOEXEC);
+    CHECK(s >= 0);
+    close(s);
+    close(c);
+    return peer.ss_family;
+}
+
+/* A datagram "ping" from a new socket of to's family to to: fd gets it. */
+static void udp_ping(int fd, const iop_addr *to)
+{
+    int c = socket(to->u.sa.sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    CHECK_EQ(sendto(c, "ping", 4, 0, &to->u.sa, to->len), 4);
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 2000), 1);
+    char buf[8];
+    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 4);
+    CHECK(memcmp(buf, "ping", 4) == 0);
+    close(c);
+}
+
+/* :PORT is every interface of both families: one [::] socket, not
+ * v6-only, that IPv4 clients reach too; its SO_REUSEPORT siblings, bound to
+ * what iop_local_addr reads back, are the same. */
+IOP_TEST(listen_all_interfaces_is_dual_stack, be)
+{
+    (void)be;
+    struct iop_listen_opts opts = {.reuseport = 1};
+    iop_addr bound, again;
+    int fd = listen_on(":0", &opts, &bound);
+    char want[64];
+    if (!have_ipv6()) {
+        CHECK_EQ(bound.u.sa.sa_family, AF_INET); /* the fallback */
+        CHECK_EQ(connect_accept(fd, &bound, AF_INET), AF_INET);
+        close(fd);
+        IOP_SKIP("no IPv6 here: only the 0.0.0.0 fallback was checked");
+    }
+    CHECK_EQ(bound.u.sa.sa_family, AF_INET6);
+    CHECK_EQ(bound.dual, 1);
+    CHECK_EQ(sockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY), 0);
+    snprintf(want, sizeof want, "[::]:%u", port_of(&bound));
+    check_format(&bound, want);
+    CHECK_EQ(connect_accept(fd, &bound, AF_INET6), AF_INET6);
+    CHECK_EQ(connect_accept(fd, &bound, AF_INET), AF_INET6); /* ::ffff:127.0.0.1 */
+
+    int sib;
+    CHECK_OK(iop_listen(&bound, &opts, &sib));
+    CHECK_EQ(sockopt(sib, IPPROTO_IPV6, IPV6_V6ONLY), 0);
+    CHECK_OK(iop_local_addr(sib, &again));
+    CHECK_EQ(again.dual, 1);
+    close(sib);
+
+    /* The port is taken on IPv4 too: neither 0.0.0.0:P nor a second :P
+     * binds (a busy port is never a reason to fall back to IPv4 alone). */
+    iop_addr a;
+    int fd2;
+    snprintf(want, sizeof want, "0.0.0.0:%u", port_of(&bound));
+    CHECK_OK(iop_addr_parse(want, &a));
+    CHECK_EQ(iop_listen(&a, NULL, &fd2), -EADDRINUSE);
+    snprintf(want, sizeof want, ":%u", port_of(&bound));
+    CHECK_OK(iop_addr_parse(want, &a));
+    CHECK_EQ(iop_listen(&a, NULL, &fd2), -EADDRINUSE);
+    close(fd);
+
+    /* UDP: udp::PORT takes datagrams of both families. */
+    fd = listen_on("udp::0", NULL, &bound);
+    CHECK_EQ(bound.kind, IOP_ADDR_UDP);
+    snprintf(want, sizeof want, "udp:[::]:%u", port_of(&bound));
+    check_format(&bound, want);
+    for (int family = AF_INET; family; family = family == AF_INET ? AF_INET6 : 0) {
+        snprintf(want, sizeof want, family == AF_INET6 ? "[::1]:%u" : "127.0.0.1:%u",
+                 port_of(&bound));
+        CHECK_OK(iop_addr_parse_numeric(want, &a));
+        udp_ping(fd, &a);
+    }
+    close(fd);
 }
 
 IOP_TEST(listen_unix_replaces_only_stale_files, be)
@@ -437,14 +546,7 @@ IOP_TEST(listen_udp, be)
     check_format(&bound, want);
     CHECK_EQ(sockopt(fd, SOL_SOCKET, SO_TYPE), SOCK_DGRAM);
     CHECK_EQ(sockopt(fd, SOL_SOCKET, SO_REUSEADDR), 0);
-    int c = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    CHECK_EQ(sendto(c, "ping", 4, 0, &bound.u.sa, bound.len), 4);
-    struct pollfd p = {.fd = fd, .events = POLLIN};
-    CHECK_EQ(poll(&p, 1, 2000), 1);
-    char buf[8];
-    CHECK_EQ(recv(fd, buf, sizeof buf, 0), 4);
-    CHECK(memcmp(buf, "ping", 4) == 0);
-    close(c);
+    udp_ping(fd, &bound);
     close(fd);
 }
 

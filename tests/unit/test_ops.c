@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -172,11 +173,12 @@ IOP_TEST(ops_unsupported_without_completion, be)
     CHECK_EQ(iop_op_splice(l, &r.op, p[0], -1, sv[0], -1, 1, 0, rec_cb), -ENOTSUP);
     CHECK_EQ(iop_op_splice(l, &r.op, p[0], -1, sv[0], -1, 1, IOP_OP_LINK, rec_cb), -ENOTSUP);
     CHECK_EQ(iop_op_close(l, &r.op, p[0], rec_cb), -ENOTSUP);
+    CHECK_EQ(iop_op_poll(l, &r.op, sv[0], POLLOUT, rec_cb), -ENOTSUP);
     /* Never in flight, so nothing to cancel (the op names no loop). */
     CHECK_EQ(iop_op_cancel(&r.op), -EINVAL);
 
     iop_bufring *br = NULL;
-    CHECK_EQ(iop_bufring_new(l, &br, 8, 64), -ENOTSUP);
+    CHECK_EQ(iop_bufring_new(l, 8, 64, &br), -ENOTSUP);
     CHECK(br == NULL);
 
     /* A failed call does nothing: no callback, no active op, fd still open,
@@ -597,6 +599,28 @@ IOP_TEST(op_splice_file_to_socket_linked, be)
 
 /* ---- close, cancel ----------------------------------------------------- */
 
+/* A one-shot readiness request: it waits while the fd is not ready, and
+ * its result is the revents mask. */
+IOP_TEST(op_poll_readiness, be)
+{
+    iop_loop *l = uring_loop(be);
+    int sv[2];
+    pair(sv);
+    struct rec r = {0};
+    CHECK_OK(iop_op_poll(l, &r.op, sv[0], POLLIN, rec_cb));
+    CHECK_EQ(iop_op_poll(l, &r.op, sv[0], POLLIN, rec_cb), -EBUSY);
+    spin(l, 20);
+    CHECK_EQ(r.calls, 0);
+    CHECK_EQ(write(sv[1], "x", 1), 1);
+    RUN_UNTIL_N(l, &r.done, 1, 2000);
+    CHECK_EQ(r.calls, 1);
+    CHECK(r.res[0] & POLLIN);
+    CHECK(!(r.flags[0] & IOP_OP_MORE));
+    CHECK_EQ(iop_loop_alive(l), 0);
+    close_pair(sv);
+    iop_test_loop_free(l);
+}
+
 IOP_TEST(op_close_closes_fd, be)
 {
     iop_loop *l = uring_loop(be);
@@ -666,7 +690,7 @@ IOP_TEST(bufring_recv_multishot, be)
     int sv[2];
     pair(sv);
     iop_bufring *br = NULL;
-    CHECK_OK(iop_bufring_new(l, &br, 8, 64));
+    CHECK_OK(iop_bufring_new(l, 8, 64, &br));
     CHECK(br != NULL);
     CHECK_EQ(iop_bufring_size(br), 64);
     CHECK(iop_bufring_buf(br, 7) != NULL);
@@ -763,10 +787,10 @@ IOP_TEST(op_bad_arguments, be)
 {
     iop_loop *l = uring_loop(be);
     iop_bufring *br = NULL;
-    CHECK_EQ(iop_bufring_new(l, &br, 6, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 0, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 65536, 64), -EINVAL);
-    CHECK_EQ(iop_bufring_new(l, &br, 8, 0), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 6, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 0, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 65536, 64, &br), -EINVAL);
+    CHECK_EQ(iop_bufring_new(l, 8, 0, &br), -EINVAL);
     CHECK(br == NULL);
 
     int sv[2];
@@ -793,7 +817,7 @@ IOP_TEST(op_bad_arguments, be)
 
     /* A ring made for another loop is refused. */
     iop_loop *l2 = iop_test_loop(be);
-    CHECK_OK(iop_bufring_new(l2, &br, 8, 64));
+    CHECK_OK(iop_bufring_new(l2, 8, 64, &br));
     memset(&r, 0, sizeof r);
     int rc = iop_op_recv_multishot(l, &r.op, sv[0], br, rec_cb);
     CHECK(rc == -EINVAL || rc == -ENOTSUP);

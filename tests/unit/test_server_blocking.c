@@ -2,7 +2,8 @@
  * thread, fork and coro models (src/server/blocking.c, coro_model.c,
  * conn.c).
  *
- * Each test loops over the four models.  The server runs on a thread of
+ * Each test loops over the four models (the last one, over all five: the
+ * core they share).  The server runs on a thread of
  * the test (server_helpers.h); the backend of the variant only drives its
  * accept loop.  Handlers answer through the socket, so that the checks
  * hold for fork children too. */
@@ -12,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "ioplex/proto.h"
 #include "server_helpers.h"
 
 static const int models[] = {IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD, IOP_MODEL_FORK, IOP_MODEL_CORO};
@@ -485,12 +487,15 @@ IOP_TEST(stop_now_interrupts_recv, be)
     }
 }
 
-IOP_TEST(grace_runs_out, be)
+/* A handler blocked in recv at a graceful stop with grace_ms: the server is
+ * done within [lo, hi) ms and the recv returned -ECANCELED. */
+static void blocked_at_stop(const struct iop_test_backend *be, unsigned grace_ms, long long lo,
+                            long long hi)
 {
     static const struct iop_handler h = {.handle = block_handle};
     for (size_t k = 0; k < NMODELS; k++) {
         struct iop_server_config cfg = config(models[k], &h);
-        cfg.grace_ms = 300;
+        cfg.grace_ms = grace_ms;
         struct fixture f;
         fixture_start(&f, be, cfg, 1);
         int fd = client(&f, 0);
@@ -499,12 +504,24 @@ IOP_TEST(grace_runs_out, be)
         expect_line(fd, "ready\n");
         fixture_shutdown(&f);
         long long took = fixture_join(&f);
-        CHECK(took >= 250 && took < 2000);
+        CHECK(took >= lo && took < hi);
         expect_eof(fd);
         close(fd);
         if (models[k] != IOP_MODEL_FORK)
             CHECK_EQ(atomic_load(&last_rc), -ECANCELED);
     }
+}
+
+IOP_TEST(grace_runs_out, be)
+{
+    blocked_at_stop(be, 300, 250, 2000);
+}
+
+/* IOP_SERVER_GRACE_NONE: a graceful stop does not wait for a handler busy
+ * in a call at all (0 would mean the 10 s default). */
+IOP_TEST(grace_none_ends_at_once, be)
+{
+    blocked_at_stop(be, IOP_SERVER_GRACE_NONE, 0, 1000);
 }
 
 /* Answers "ready", then waits for the next line marked idle: a graceful
@@ -637,12 +654,19 @@ IOP_TEST(verify_refuses, be)
 
 /* ---- datagrams on the accept loop -------------------------------------- */
 
+/* buf upper-cased into out[256]: its length (at most 256). */
+static size_t upper_256(char *out, const char *buf, size_t n)
+{
+    n = n < 256 ? n : 256;
+    for (size_t i = 0; i < n; i++)
+        out[i] = (char)toupper((unsigned char)buf[i]);
+    return n;
+}
+
 static void dgram_cb(iop_datagram *d, const char *buf, size_t n)
 {
     char out[256];
-    for (size_t i = 0; i < n && i < sizeof out; i++)
-        out[i] = (char)toupper((unsigned char)buf[i]);
-    iop_datagram_reply(d, out, n < sizeof out ? n : sizeof out);
+    iop_datagram_reply(d, out, upper_256(out, buf, n));
 }
 
 IOP_TEST(datagrams_beside_streams, be)
@@ -671,6 +695,101 @@ IOP_TEST(datagrams_beside_streams, be)
         expect_line(fd, "TCP\n");
         close(fd);
         close(u);
+        fixture_stop(&f);
+    }
+}
+
+/* ---- every model on the one core ------------------------------------------ */
+
+static atomic_int listener_stopped_logs;
+
+static void count_log(void *arg, const char *line)
+{
+    (void)arg;
+    if (strstr(line, "accept on listener 0") && strstr(line, "(listener stopped)"))
+        atomic_fetch_add(&listener_stopped_logs, 1);
+}
+
+static void upper_data(iop_stream *s, const char *buf, size_t n)
+{
+    char out[256];
+    iop_stream_write(s, out, upper_256(out, buf, n));
+}
+
+/* A listening socket that breaks (here: shut down under the server, so that
+ * accept says EINVAL) is logged once and stopped, in every model alike; the
+ * other listener serves on and the server still stops cleanly. */
+IOP_TEST(broken_listener_stops_alone, be)
+{
+    static const struct iop_handler h = {.handle = upper_handle, .on_data = upper_data};
+    static const int all[] = {IOP_MODEL_EVENT, IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD,
+                              IOP_MODEL_FORK, IOP_MODEL_CORO};
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        struct iop_server_config cfg = config(all[k], &h);
+        cfg.backend = be->kind;
+        cfg.loop_flags = be->flags;
+        cfg.log = count_log;
+        atomic_store(&listener_stopped_logs, 0);
+        iop_addr a;
+        int lfd, keep;
+        CHECK_OK(iop_addr_parse("127.0.0.1:0", &a));
+        CHECK_OK(iop_listen(&a, NULL, &lfd));
+        CHECK((keep = dup(lfd)) >= 0);
+        struct fixture f;
+        memset(&f, 0, sizeof f);
+        CHECK_OK(iop_server_new(&cfg, &f.srv));
+        CHECK_EQ(iop_server_adopt(f.srv, lfd), 0);
+        CHECK_EQ(iop_server_listen(f.srv, "127.0.0.1:0"), 1);
+        CHECK_OK(iop_server_addr(f.srv, 1, &f.addr[1]));
+        f.rc = -1;
+        if (all[k] == IOP_MODEL_FORK)
+            fixture_fork(&f);
+        else
+            CHECK(pthread_create(&f.thread, NULL, fixture_main, &f) == 0);
+        int fd = client(&f, 1); /* serving */
+        puts_(fd, "a\n");
+        expect_line(fd, "A\n");
+        close(fd); /* iterative: the loop is the handler's until it ends */
+        CHECK(shutdown(keep, SHUT_RD) == 0);
+        for (int i = 0; i < 200 && all[k] != IOP_MODEL_FORK && !atomic_load(&listener_stopped_logs);
+             i++)
+            usleep(10000);
+        if (all[k] != IOP_MODEL_FORK)
+            CHECK_EQ(atomic_load(&listener_stopped_logs), 1);
+        int fd2 = client(&f, 1); /* the other listener serves on */
+        puts_(fd2, "b\n");
+        expect_line(fd2, "B\n");
+        close(fd2);
+        fixture_stop(&f);
+        close(keep);
+        CHECK_EQ(atomic_load(&listener_stopped_logs), all[k] == IOP_MODEL_FORK ? 0 : 1);
+    }
+}
+
+/* A stock protocol keeps its state in the handler (ctx): the server's data
+ * slot is the user's in every model, and the protocol never reads it (here
+ * it holds bytes that would wreck an echo configuration). */
+IOP_TEST(stock_protocol_leaves_user_data, be)
+{
+    static const int all[] = {IOP_MODEL_EVENT, IOP_MODEL_ITERATIVE, IOP_MODEL_THREAD,
+                              IOP_MODEL_FORK, IOP_MODEL_CORO};
+    static unsigned char mine[sizeof(struct iop_echo_config) + 64];
+    memset(mine, 0xff, sizeof mine);
+    struct iop_echo_config ec = {.mode = IOP_ECHO_LINES};
+    struct iop_handler h;
+    CHECK_OK(iop_echo_handler(&ec, &h));
+    CHECK(h.ctx == &ec);
+    for (size_t k = 0; k < sizeof all / sizeof all[0]; k++) {
+        struct iop_server_config cfg = config(all[k], &h);
+        cfg.data = mine;
+        struct fixture f;
+        fixture_start(&f, be, cfg, 1);
+        CHECK(iop_server_data(f.srv) == mine);
+        CHECK(iop_server_handler_ctx(f.srv) == &ec);
+        int fd = client(&f, 0);
+        puts_(fd, "abc\n");
+        expect_line(fd, "abc\n");
+        close(fd);
         fixture_stop(&f);
     }
 }

@@ -268,10 +268,10 @@ IOP_TEST(coro_config, be)
     struct iop_server_config cfg = config(&h);
     cfg.workers = 4;
     iop_server *srv;
-    CHECK_OK(iop_server_new(&srv, &cfg));
+    CHECK_OK(iop_server_new(&cfg, &srv));
     iop_server_free(srv);
     cfg.handler = &none;
-    CHECK_EQ(iop_server_new(&srv, &cfg), -EINVAL);
+    CHECK_EQ(iop_server_new(&cfg, &srv), -EINVAL);
 }
 
 /* A peer that resets while its coroutine is parked in recv: the recv

@@ -155,7 +155,7 @@ IOP_TEST(run_fails_when_a_loop_cannot_start, be)
     cfg.backend = IOP_BACKEND_SELECT; /* select has no edge mode */
     cfg.loop_flags = IOP_LOOP_EDGE;
     iop_server *srv;
-    CHECK_OK(iop_server_new(&srv, &cfg));
+    CHECK_OK(iop_server_new(&cfg, &srv));
     CHECK(iop_server_listen(srv, "127.0.0.1:0") >= 0);
     CHECK_EQ(iop_server_run(srv), -ENOTSUP);
     iop_server_free(srv);

@@ -111,7 +111,7 @@ IOP_TEST(shared_cache_threads, be)
     int base = count_fds();
     iop_http *http;
     struct iop_http_config cfg = {.root = root};
-    CHECK_OK(iop_http_new(&http, &cfg));
+    CHECK_OK(iop_http_new(&cfg, &http));
 
     pthread_t th[THREADS], rw;
     struct job jobs[THREADS];

@@ -190,3 +190,54 @@ IOP_TEST(thread_graceful_stop, be)
     CHECK(fixture_join(&f) < 2000);
     CHECK_EQ(atomic_load(&running), 0);
 }
+
+static atomic_int hammer_on;
+
+static void *hammer(void *arg)
+{
+    iop_server *srv = arg;
+    while (atomic_load(&hammer_on))
+        iop_server_shutdown(srv);
+    return NULL;
+}
+
+static void hi_open(iop_stream *s)
+{
+    enter();
+    iop_stream_write(s, "hi\n", 3);
+}
+
+static void drop_data(iop_stream *s, const char *buf, size_t n)
+{
+    (void)s, (void)buf, (void)n;
+}
+
+/* iop_server_shutdown() from another thread, over and over, while the
+ * worker finishes: a notification must never touch the worker's wake-up
+ * handle as it is being stopped (TSan sees such a race). */
+IOP_TEST(thread_shutdown_races_the_end, be)
+{
+    static const struct iop_handler h = {
+        .handle = hi_handle, .on_open = hi_open, .on_data = drop_data};
+    static const int all[] = {IOP_MODEL_THREAD, IOP_MODEL_EVENT, IOP_MODEL_ITERATIVE};
+    for (int round = 0; round < 6; round++) {
+        reset();
+        struct iop_server_config cfg = config(&h);
+        cfg.model = all[round % 3];
+        struct fixture f;
+        fixture_start(&f, be, cfg, 1);
+        int fd = client(&f, 0);
+        expect_line(fd, "hi\n");
+        while (atomic_load(&served) < 1)
+            usleep(1000);
+        atomic_store(&hammer_on, 1);
+        pthread_t th;
+        CHECK(pthread_create(&th, NULL, hammer, f.srv) == 0);
+        close(fd);
+        CHECK(pthread_join(f.thread, NULL) == 0);
+        atomic_store(&hammer_on, 0);
+        CHECK(pthread_join(th, NULL) == 0);
+        CHECK_EQ(f.rc, 0);
+        iop_server_free(f.srv);
+    }
+}
