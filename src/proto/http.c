@@ -311,7 +311,11 @@ static const struct fentry *zview(const struct fentry *e, const struct http_zcop
 {
     if (!z)
         return e;
-    *view = *e;
+    /* Field by field: e may be shared, and its refs change under us. */
+    memset(view, 0, sizeof *view);
+    view->st = e->st;
+    view->mime = e->mime;
+    memcpy(view->lastmod, e->lastmod, sizeof view->lastmod);
     view->st.st_size = (off_t)z->len;
     memcpy(view->etag, z->etag, z->etag_len + 1);
     view->etag_len = z->etag_len;
